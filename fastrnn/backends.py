@@ -1,0 +1,96 @@
+"""Backend registry.
+
+A backend is a function table: the same kernel names (``rnn_forward``, ``rnn_loss``,
+``rnn_grad``, ``rnn_sgd``, and the GRU/LSTM kernels) with the same signatures, taken from
+the modules listed in :data:`BACKEND_MODULES`.
+
+Selection: the ``backend=`` argument, else the ``FASTRNN_BACKEND`` environment variable,
+else the first available of ``numba -> cython -> numpy``.  A backend asked for by name
+that is unavailable raises :class:`BackendUnavailableError`; nothing falls back silently.
+"""
+import importlib
+import types
+
+from . import _config
+
+BACKEND_ORDER = ("numba", "cython", "numpy")
+
+#: For each backend, the modules whose public kernel functions make up its table.
+BACKEND_MODULES = {
+    "numba": ("fastrnn._kernels.rnn",),
+    "cython": ("fastrnn._kernels._rnn_cy",),
+    "numpy": ("fastrnn.reference",),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested by name but cannot be loaded on this installation."""
+
+
+_loaded = {}
+_errors = {}
+
+
+def _load(name):
+    if name in _loaded:
+        return _loaded[name]
+    if name in _errors:
+        return None
+    table = {}
+    try:
+        for modname in BACKEND_MODULES[name]:
+            mod = importlib.import_module(modname)
+            for attr in dir(mod):
+                if attr.startswith(("rnn_", "gru_", "lstm_")) and callable(getattr(mod, attr)):
+                    table[attr] = getattr(mod, attr)
+    except Exception as exc:  # ImportError, or a compile failure inside numba
+        _errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    backend = types.SimpleNamespace(name=name, **table)
+    _loaded[name] = backend
+    return backend
+
+
+def _check_name(name):
+    if not isinstance(name, str) or name.lower() not in BACKEND_MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_ORDER)}")
+    return name.lower()
+
+
+def get_backend(name=None):
+    """Return the backend table for ``name`` (see module docstring for the selection order)."""
+    if name is None:
+        name = _config.ENV_BACKEND
+        source = "FASTRNN_BACKEND"
+    else:
+        source = "backend="
+    if name is not None:
+        name = _check_name(name)
+        backend = _load(name)
+        if backend is None:
+            raise BackendUnavailableError(
+                f"backend {name!r} (requested via {source}) is not available: {_errors[name]}")
+        return backend
+    for candidate in BACKEND_ORDER:
+        backend = _load(candidate)
+        if backend is not None:
+            return backend
+    raise BackendUnavailableError(f"no backend could be loaded: {_errors}")  # numpy always loads
+
+
+def available_backends():
+    """Dict ``name -> True`` or the reason it is unavailable, in preference order."""
+    return {n: (True if _load(n) is not None else _errors[n]) for n in BACKEND_ORDER}
+
+
+def backend_info():
+    """Which backends exist, which is available, and which one is used by default."""
+    avail = available_backends()
+    try:
+        default = get_backend().name
+    except BackendUnavailableError as exc:
+        default = f"<error: {exc}>"
+    return {"available": [n for n, ok in avail.items() if ok is True],
+            "unavailable": {n: why for n, why in avail.items() if why is not True},
+            "default": default,
+            "env": _config.ENV_BACKEND}
