@@ -27,9 +27,14 @@ def _extensions():
         return []
     from setuptools import Extension
 
+    # FASTRNN_CYTHON_ONLY=_rnn_cy,_gru_cy builds only those modules (for development).
+    only = {m for m in os.environ.get("FASTRNN_CYTHON_ONLY", "").split(",") if m}
     exts = []
     for pyx in sorted(glob.glob(os.path.join("fastrnn", "_kernels", "*.pyx"))):
-        name = "fastrnn._kernels." + os.path.splitext(os.path.basename(pyx))[0]
+        stem = os.path.splitext(os.path.basename(pyx))[0]
+        if only and stem not in only:
+            continue
+        name = "fastrnn._kernels." + stem
         exts.append(
             Extension(
                 name,
