@@ -17,7 +17,8 @@ BACKEND_ORDER = ("numba", "cython", "numpy")
 
 #: For each backend, the modules whose public kernel functions make up its table.
 BACKEND_MODULES = {
-    "numba": ("fastrnn._kernels.rnn",),
+    "numba": ("fastrnn._kernels.rnn", "fastrnn._kernels.elman", "fastrnn._kernels.gru",
+              "fastrnn._kernels.lstm"),
     "cython": ("fastrnn._kernels._rnn_cy",),
     "numpy": ("fastrnn.reference",),
 }

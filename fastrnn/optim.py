@@ -638,7 +638,8 @@ def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
         if g.size == 0:
             continue
         flat = g.reshape(-1)
-        sq = float(np.dot(flat, flat))
+        with np.errstate(over="ignore", invalid="ignore"):   # handled just below
+            sq = float(np.dot(flat, flat))
         if not math.isfinite(sq):
             if _all_finite(g):
                 f64 = flat.astype(np.float64)

@@ -265,7 +265,7 @@ def test_state_dict_roundtrip_continues_identically(name, via_npz):
         buf.seek(0)
         sd = np.load(buf)
     resumed_params = copy_params(first)
-    resumed = cls(resumed_params, lr=123.0) if cls is SGD else cls(resumed_params)
+    resumed = cls(resumed_params, lr=123.0)           # lr comes from the checkpoint
     resumed.load_state_dict(sd)
     traj = run(resumed, resumed_params, grads[3:])
     for e, g in zip(ref_traj[3:], traj):

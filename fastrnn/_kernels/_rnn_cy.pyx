@@ -64,73 +64,101 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    /* exp(x) for x <= 0 (softmax arguments z - max z), branch-free so that loops over it
-       vectorise (no libm call, selects instead of branches, no double->int64 conversion).
+    /* exp(src[j] - m) for arguments <= 0 (softmax: z - max z), written so that the loop
+       vectorises: no libm call, selects instead of branches, no float->int conversion.
        x = n ln2 + r with |r| <= ln2/2 (Cody-Waite, ln2 split in two), exp(r) by its Taylor
        polynomial (float64: degree 13, truncation < 5e-18 relative; float32: degree 7,
-       < 6e-9), times 2^n assembled in the exponent bits.  n is rounded with the
-       1.5*2^52 (1.5*2^23) shifter, whose low mantissa bits then hold n.
-       x < -708 (-87 for float) gives 0: only subnormal results are flushed.
-       NaN propagates through the polynomial. */
-    static inline double fastrnn_expd(double x) {
+       < 6e-9; measured max error ~1 ulp), times 2^n assembled in the exponent bits.  n is
+       rounded with the 1.5*2^52 (1.5*2^23) shifter, whose low mantissa bits then hold n.
+       Arguments below -708 (-87 for float32) give 0: only subnormal results are flushed.
+       NaN propagates through the polynomial.
+
+       GCC keeps `a < b ? c : d` on doubles as a branch under its default -ftrapping-math,
+       which blocks vectorisation; the loops are therefore compiled with no-trapping-math
+       (FP exception flags are never inspected here, results are unchanged).  On x86-64
+       glibc an AVX2+FMA clone is added, picked at load time (ifunc); "default" is SSE2. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #  define FASTRNN_NOTRAP __attribute__((optimize("no-trapping-math")))
+    #  if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && __GNUC__ >= 11
+    #    define FASTRNN_VEC FASTRNN_NOTRAP \
+            __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #  else
+    #    define FASTRNN_VEC FASTRNN_NOTRAP
+    #  endif
+    #else
+    #  define FASTRNN_VEC
+    #endif
+
+    FASTRNN_VEC static void
+    fastrnn_exp_shift_d(const double *src, double *dst, Py_ssize_t len, double m) {
         const double shifter = 6755399441055744.0;          /* 1.5 * 2^52 */
         const double log2e = 1.4426950408889634074;
         const double ln2_hi = 6.93147180369123816490e-01;
         const double ln2_lo = 1.90821492927058770002e-10;
-        double xc = x < -708.0 ? -708.0 : x;
-        double kd = xc * log2e + shifter;
-        int64_t ki;
-        memcpy(&ki, &kd, sizeof ki);
-        double n = kd - shifter;
-        double r = (xc - n * ln2_hi) - n * ln2_lo;
-        double p = 1.0 / 6227020800.0;
-        p = p * r + 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
-        int64_t bits = (int64_t)((uint64_t)(ki + 1023) << 52);
-        double scale;
-        memcpy(&scale, &bits, sizeof scale);
-        double e = p * scale;
-        return x < -708.0 ? 0.0 : e;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            double x = src[j] - m;
+            double xc = x < -708.0 ? -708.0 : x;
+            double kd = xc * log2e + shifter;
+            int64_t ki;
+            memcpy(&ki, &kd, sizeof ki);
+            double n = kd - shifter;
+            double r = (xc - n * ln2_hi) - n * ln2_lo;
+            double p = 1.0 / 6227020800.0;
+            p = p * r + 1.0 / 479001600.0;
+            p = p * r + 1.0 / 39916800.0;
+            p = p * r + 1.0 / 3628800.0;
+            p = p * r + 1.0 / 362880.0;
+            p = p * r + 1.0 / 40320.0;
+            p = p * r + 1.0 / 5040.0;
+            p = p * r + 1.0 / 720.0;
+            p = p * r + 1.0 / 120.0;
+            p = p * r + 1.0 / 24.0;
+            p = p * r + 1.0 / 6.0;
+            p = p * r + 0.5;
+            p = p * r + 1.0;
+            p = p * r + 1.0;
+            int64_t bits = (int64_t)((uint64_t)(ki + 1023) << 52);
+            double scale;
+            memcpy(&scale, &bits, sizeof scale);
+            double e = p * scale;
+            dst[j] = x < -708.0 ? 0.0 : e;
+        }
     }
-    static inline float fastrnn_expf(float x) {
+
+    FASTRNN_VEC static void
+    fastrnn_exp_shift_f(const float *src, float *dst, Py_ssize_t len, float m) {
         const float shifter = 12582912.0f;                   /* 1.5 * 2^23 */
         const float log2e = 1.44269504088896341f;
         const float ln2_hi = 0.693359375f;
         const float ln2_lo = -2.12194440e-4f;
-        float xc = x < -87.0f ? -87.0f : x;
-        float kd = xc * log2e + shifter;
-        int32_t ki;
-        memcpy(&ki, &kd, sizeof ki);
-        float n = kd - shifter;
-        float r = (xc - n * ln2_hi) - n * ln2_lo;
-        float p = 1.0f / 5040.0f;
-        p = p * r + 1.0f / 720.0f;
-        p = p * r + 1.0f / 120.0f;
-        p = p * r + 1.0f / 24.0f;
-        p = p * r + 1.0f / 6.0f;
-        p = p * r + 0.5f;
-        p = p * r + 1.0f;
-        p = p * r + 1.0f;
-        int32_t bits = (int32_t)((uint32_t)(ki + 127) << 23);
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        float e = p * scale;
-        return x < -87.0f ? 0.0f : e;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            float x = src[j] - m;
+            float xc = x < -87.0f ? -87.0f : x;
+            float kd = xc * log2e + shifter;
+            int32_t ki;
+            memcpy(&ki, &kd, sizeof ki);
+            float n = kd - shifter;
+            float r = (xc - n * ln2_hi) - n * ln2_lo;
+            float p = 1.0f / 5040.0f;
+            p = p * r + 1.0f / 720.0f;
+            p = p * r + 1.0f / 120.0f;
+            p = p * r + 1.0f / 24.0f;
+            p = p * r + 1.0f / 6.0f;
+            p = p * r + 0.5f;
+            p = p * r + 1.0f;
+            p = p * r + 1.0f;
+            int32_t bits = (int32_t)((uint32_t)(ki + 127) << 23);
+            float scale;
+            memcpy(&scale, &bits, sizeof scale);
+            float e = p * scale;
+            dst[j] = x < -87.0f ? 0.0f : e;
+        }
     }
     """
-    double _expd "fastrnn_expd"(double x) noexcept nogil
-    float _expf "fastrnn_expf"(float x) noexcept nogil
+    void _exp_shift_d "fastrnn_exp_shift_d"(const double *src, double *dst, Py_ssize_t n,
+                                             double m) noexcept nogil
+    void _exp_shift_f "fastrnn_exp_shift_f"(const float *src, float *dst, Py_ssize_t n,
+                                             float m) noexcept nogil
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,7 +216,7 @@ cdef void _recurrence(floating *U, floating *W, const Py_ssize_t *x, floating *s
         col = x[t]
         for i in range(H):
             st[i] = U[i * Vn + col]
-        _gemv('T', <int>H, <int>H, <floating>1, W, <int>H, prev, <floating>1, st)
+        _gemv(c'T', <int>H, <int>H, <floating>1, W, <int>H, prev, <floating>1, st)
         for i in range(H):
             if floating is double:
                 st[i] = tanh(st[i])
@@ -199,19 +227,17 @@ cdef void _recurrence(floating *U, floating *W, const Py_ssize_t *x, floating *s
 cdef inline void _logits(floating *Vp, floating *s, floating *z, Py_ssize_t T,
                          Py_ssize_t H, Py_ssize_t Vn) noexcept nogil:
     """``Z = S[:T] Vᵀ`` ``(T, Vn)`` into ``z``: one GEMM."""
-    _gemm('T', 'N', <int>Vn, <int>T, <int>H, <floating>1, Vp, <int>H, s, <int>H,
+    _gemm(c'T', c'N', <int>Vn, <int>T, <int>H, <floating>1, Vp, <int>H, s, <int>H,
           <floating>0, z, <int>Vn)
 
 
 cdef inline void _exp_shift(floating *src, floating *dst, Py_ssize_t n,
                             floating m) noexcept nogil:
-    """``dst[j] = exp(src[j] - m)`` (``dst`` may be ``src``); a loop the compiler vectorises."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        if floating is double:
-            dst[j] = _expd(src[j] - m)
-        else:
-            dst[j] = _expf(src[j] - m)
+    """``dst[j] = exp(src[j] - m)`` for ``j < n`` (``dst`` may be ``src``)."""
+    if floating is double:
+        _exp_shift_d(src, dst, n, m)
+    else:
+        _exp_shift_f(src, dst, n, m)
 
 
 cdef inline double _sum(floating *a, Py_ssize_t n) noexcept nogil:
@@ -246,7 +272,8 @@ cdef inline floating _max(floating *a, Py_ssize_t n) noexcept nogil:
     return m1 if m1 > m0 else m0
 
 
-DEF _CHUNK = 512
+cdef enum:
+    _CHUNK = 512
 
 
 cdef double _softmax_rows(floating *z, const Py_ssize_t *y, Py_ssize_t T, Py_ssize_t Vn,
@@ -319,7 +346,7 @@ cdef void _backward_g(floating *W, floating *s, floating *g, int mode, Py_ssize_
             lo = t - k if t > k else 0
             tau = t
             while tau > lo:
-                _gemv('N', <int>H, <int>H, <floating>1, W, <int>H, a, <floating>0, b)
+                _gemv(c'N', <int>H, <int>H, <floating>1, W, <int>H, a, <floating>0, b)
                 st = s + (tau - 1) * H
                 gt = g + (tau - 1) * H
                 for i in range(H):
@@ -335,7 +362,7 @@ cdef void _backward_g(floating *W, floating *s, floating *g, int mode, Py_ssize_
             gt = g + t * H
             st = s + t * H
             if t < T - 1:
-                _gemv('N', <int>H, <int>H, <floating>1, W, <int>H, gt + H, <floating>1, gt)
+                _gemv(c'N', <int>H, <int>H, <floating>1, W, <int>H, gt + H, <floating>1, gt)
             for i in range(H):
                 gt[i] *= 1 - st[i] * st[i]
             t -= 1
@@ -346,7 +373,7 @@ cdef void _weight_grad(floating *s, floating *g, floating *dW, Py_ssize_t T, Py_
     """``dW = Σ_{t >= first} G[t] s[t-1]ᵀ`` (overwrites ``dW``)."""
     cdef Py_ssize_t t0 = first if first > 1 else 1
     if T - t0 > 0:
-        _gemm('N', 'T', <int>H, <int>H, <int>(T - t0), <floating>1, s + (t0 - 1) * H, <int>H,
+        _gemm(c'N', c'T', <int>H, <int>H, <int>(T - t0), <floating>1, s + (t0 - 1) * H, <int>H,
               g + t0 * H, <int>H, <floating>0, dW, <int>H)
     else:
         memset(dW, 0, H * H * sizeof(floating))
@@ -371,13 +398,13 @@ cdef double _loss_and_g(floating *U, floating *Vp, floating *W, const Py_ssize_t
     loss = _softmax_rows(z, y, T, Vn, first, 2)
     if nr > 0:
         # dS = Δ V  (rows first..T-1)
-        _gemm('N', 'N', <int>H, <int>nr, <int>Vn, <floating>1, Vp, <int>H, z + first * Vn,
+        _gemm(c'N', c'N', <int>H, <int>nr, <int>Vn, <floating>1, Vp, <int>H, z + first * Vn,
               <int>Vn, <floating>0, g + first * H, <int>H)
         if dV != NULL:
-            _gemm('N', 'T', <int>H, <int>Vn, <int>nr, <floating>1, s + first * H, <int>H,
+            _gemm(c'N', c'T', <int>H, <int>Vn, <int>nr, <floating>1, s + first * H, <int>H,
                   z + first * Vn, <int>Vn, <floating>0, dV, <int>H)
         else:
-            _gemm('N', 'T', <int>H, <int>Vn, <int>nr, alpha_v, s + first * H, <int>H,
+            _gemm(c'N', c'T', <int>H, <int>Vn, <int>nr, alpha_v, s + first * H, <int>H,
                   z + first * Vn, <int>Vn, <floating>1, Vp, <int>H)
         _backward_g(W, s, g, mode, k, T, H, first, tmp)
     elif dV != NULL:

@@ -1,0 +1,74 @@
+"""Run the benchmarks and print ratios, not just times.
+
+    python bench/report.py [pytest-benchmark JSON]    # runs the suite when no file is given
+
+For every group (op x length x dtype) prints each implementation's median time, tokens/s,
+GFLOP/s of the big products, the speed-up over the tutorial's own loop (``seed-loop``) and
+over the NumPy reference (``numpy``), and the fraction of the ``blas-only`` time (the
+products alone at the same shapes, measured in the same run): 1.00 would mean everything
+besides the GEMMs is free.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def run_suite(path, extra=()):
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", here,
+           "--benchmark-only", f"--benchmark-json={path}", *extra]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def table(data):
+    groups = {}
+    for b in data["benchmarks"]:
+        groups.setdefault(b["group"] or "", []).append(b)
+    lines = []
+    for name in sorted(groups):
+        rows = groups[name]
+        by_impl = {r["extra_info"].get("impl", r["name"]): r for r in rows}
+        if name == "compile":
+            for r in rows:
+                info = r["extra_info"]
+                lines.append(f"\n[compile] cold import+compile {info.get('cold_import_s', float('nan')):.2f} s, "
+                             f"warm (on-disk cache) {info.get('warm_import_s', float('nan')):.2f} s")
+            continue
+        med = {k: r["stats"]["median"] for k, r in by_impl.items()}
+        seed = med.get("seed-loop")
+        ref = med.get("numpy")
+        blas = med.get("blas-only")
+        lines.append(f"\n[{name}]")
+        lines.append(f"{'impl':<12}{'median ms':>11}{'tokens/s':>12}{'GFLOP/s':>9}"
+                     f"{'x seed':>9}{'x numpy':>9}{'blas/t':>8}")
+        for impl, r in sorted(by_impl.items(), key=lambda kv: -kv[1]["stats"]["median"]):
+            t = med[impl]
+            info = r["extra_info"]
+            tok = info.get("tokens", 0) / t if t else float("nan")
+            gf = info.get("flops", 0) / t / 1e9 if t else float("nan")
+            xs = f"{seed / t:9.1f}" if seed else f"{'-':>9}"
+            xn = f"{ref / t:9.1f}" if ref else f"{'-':>9}"
+            fr = f"{blas / t:8.2f}" if blas else f"{'-':>8}"
+            lines.append(f"{impl:<12}{t * 1e3:11.3f}{tok:12.0f}{gf:9.1f}{xs}{xn}{fr}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if argv and argv[0].endswith(".json"):
+        path = argv[0]
+    else:
+        path = os.path.join(tempfile.mkdtemp(prefix="fastrnn-bench-"), "bench.json")
+        run_suite(path, argv)
+    with open(path) as f:
+        data = json.load(f)
+    mi = data.get("machine_info", {})
+    print(f"\nmachine: {mi.get('cpu', {}).get('brand_raw', '?')}, "
+          f"{mi.get('cpu', {}).get('count', '?')} cores, python {mi.get('python_version', '?')}")
+    print(table(data))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

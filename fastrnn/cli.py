@@ -1,0 +1,428 @@
+"""Command line: ``fastrnn train | demo | generate | evaluate``.
+
+``fastrnn demo`` (or ``fastrnn train`` without a corpus) trains a small model on the
+English text shipped in ``fastrnn/data/`` and prints generated sentences.
+
+User errors (a missing or unreadable file, an empty corpus, bytes that are not UTF-8, a
+CSV without the column, a bad option value, a corrupt model or checkpoint) print one line
+``fastrnn: error: ...`` on stderr and exit with status 2; a diverged run exits with 3 and
+an interrupted one with 130.  ``FASTRNN_DEBUG=1`` shows tracebacks instead.
+"""
+import argparse
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class _UserError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (usage is in ``--help``)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(minimum=1):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    return conv
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _add_backend(p):
+    p.add_argument("--backend", choices=["numba", "cython", "numpy"], default=None,
+                   help="kernel backend (default: FASTRNN_BACKEND, else the fastest available)")
+
+
+DEMO_DEFAULTS = dict(vocab_size=400, hidden=64, lr=0.02, epochs=20, bptt_truncate=4,
+                     valid_fraction=0.1, eval_every=2, samples=5, mode="sentence",
+                     truncation="full")
+
+
+def build_parser():
+    parser = _Parser(prog="fastrnn", description="Train, sample and evaluate RNN language "
+                     "models (the WildML tutorial's RNNNumpy/RNNTheano), fast on a CPU.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add_train_options(p, demo=False):
+        d = DEMO_DEFAULTS if demo else {}
+        g = p.add_argument_group("model")
+        g.add_argument("--vocab-size", type=_positive_int(1), default=d.get("vocab_size", 8000),
+                       help="vocabulary size N: the N-1 most frequent tokens + UNKNOWN_TOKEN "
+                            "(default %(default)s; must be >= 3)")
+        g.add_argument("--hidden", type=_positive_int(1), default=d.get("hidden", 100),
+                       help="hidden size H (default %(default)s)")
+        g.add_argument("--model", choices=["numpy", "theano"], default="numpy",
+                       help="RNNNumpy (window truncation) or RNNTheano (last-k truncation)")
+        g.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                       help="parameter dtype (float32 needs --model theano)")
+        g.add_argument("--bptt-truncate", type=int, default=d.get("bptt_truncate", 4),
+                       help="the model's bptt_truncate (default %(default)s)")
+        g = p.add_argument_group("training")
+        g.add_argument("--mode", choices=["sentence", "stream"], default=d.get("mode", "sentence"),
+                       help="per-sentence SGD (the tutorial) or chunked truncated BPTT over "
+                            "one stream (default %(default)s)")
+        g.add_argument("--bptt", type=_positive_int(1), default=35,
+                       help="chunk length in stream mode (default %(default)s)")
+        g.add_argument("--truncation", choices=["model", "window", "last", "full"],
+                       default=d.get("truncation", "model"),
+                       help="BPTT in sentence mode: the model's own or full (default %(default)s)")
+        g.add_argument("--lr", type=_positive_float, default=d.get("lr", 0.005),
+                       help="initial learning rate (default %(default)s)")
+        g.add_argument("--epochs", type=_positive_int(0), default=d.get("epochs", 10),
+                       help="epochs (default %(default)s)")
+        g.add_argument("--eval-every", type=_positive_int(1), default=d.get("eval_every", 1),
+                       help="evaluate every this many epochs; the rate halves when the loss "
+                            "rises (default %(default)s)")
+        g.add_argument("--valid-fraction", type=_fraction,
+                       default=d.get("valid_fraction", 0.05),
+                       help="last fraction of sentences held out for validation "
+                            "(default %(default)s)")
+        g.add_argument("--no-shuffle", action="store_true", help="keep the sentence order")
+        g.add_argument("--seed", type=int, default=10,
+                       help="seed of the initial weights and the shuffling (default %(default)s)")
+        g.add_argument("--max-sentences", type=_positive_int(1), default=None,
+                       help="use only the first N sentences of the corpus")
+        g = p.add_argument_group("output")
+        g.add_argument("--out", default=None,
+                       help="directory for checkpoint.npz, model.npz and loss.png "
+                            "(default runs/<corpus name>)")
+        g.add_argument("--checkpoint-every", type=_positive_int(0), default=1000,
+                       help="steps between checkpoints, 0 = only at evaluations "
+                            "(default %(default)s)")
+        g.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                       help="continue the run saved in this checkpoint")
+        g.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                       help="progress bar (default: only on a terminal)")
+        g.add_argument("--samples", type=_positive_int(0), default=d.get("samples", 3),
+                       help="sentences to generate after training (default %(default)s)")
+        _add_backend(p)
+
+    p = sub.add_parser("train", help="train a model on a corpus", description="Train a model. "
+                       "Without CORPUS, trains on the small English corpus shipped with fastrnn "
+                       "(like `fastrnn demo`).")
+    p.add_argument("corpus", nargs="?", default=None,
+                   help="CSV of comments (text in --column), plain text, one-sentence-per-line "
+                        "or character corpus (see --format)")
+    p.add_argument("--format", choices=["auto", "csv", "text", "lines", "chars"], default="auto",
+                   help="corpus format; auto: csv for *.csv, else text (default %(default)s)")
+    p.add_argument("--column", default="0",
+                   help="CSV column of the text: index or header name (default 0)")
+    p.add_argument("--splitter", choices=["nltk", "punkt"], default="nltk",
+                   help="Punkt implementation for sentence splitting (default %(default)s, "
+                        "which reproduces nltk.sent_tokenize)")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train, demo=False)
+
+    p = sub.add_parser("demo", help="train on the built-in English corpus and print samples",
+                       description="Train a small model on the English text shipped in "
+                                   "fastrnn/data/ (well under a minute) and print samples.")
+    add_train_options(p, demo=True)
+    p.set_defaults(func=cmd_train, demo=True, corpus=None, format="text", column="0",
+                   splitter="nltk")
+
+    p = sub.add_parser("generate", help="sample sentences from a model file")
+    p.add_argument("model", help="model or checkpoint file (.npz) with a vocabulary")
+    p.add_argument("-n", "--num", type=_positive_int(1), default=5,
+                   help="sentences to generate (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divide the logits by this; 0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=_positive_int(1), default=None,
+                   help="sample among the k most probable tokens only")
+    p.add_argument("--prefix", default=None, help="text every sentence starts with")
+    p.add_argument("--min-length", type=_positive_int(0), default=3,
+                   help="minimum words per sentence (default %(default)s)")
+    p.add_argument("--max-length", type=_positive_int(1), default=40,
+                   help="maximum words per sentence (default %(default)s)")
+    p.add_argument("--length", type=_positive_int(1), default=300,
+                   help="characters to generate for a character model (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="cross-entropy and perplexity of a model on a corpus")
+    p.add_argument("model", help="model or checkpoint file (.npz) with a vocabulary")
+    p.add_argument("corpus", help="corpus file, read like the model's training corpus")
+    p.add_argument("--format", choices=["auto", "csv", "text", "lines", "chars"], default="auto",
+                   help="corpus format (default: the model's)")
+    p.add_argument("--column", default="0", help="CSV column (default 0)")
+    p.add_argument("--mode", choices=["sentence", "stream"], default=None,
+                   help="sentences from a zero state or one stream (default: the model's)")
+    p.add_argument("--bptt", type=_positive_int(1), default=None,
+                   help="chunk length in stream mode (default: the model's, else 35)")
+    p.add_argument("--max-sentences", type=_positive_int(1), default=None)
+    _add_backend(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _column(s):
+    return int(s) if s.lstrip("-").isdigit() else s
+
+
+def _load_corpus(path, fmt, vocab_size, vocab=None, column="0", splitter="nltk",
+                 max_sentences=None):
+    from . import text
+
+    if path is None:
+        c = text.load_text(text.default_corpus_path(), vocab_size, splitter, vocab)
+    else:
+        c = text.load_corpus(path, fmt, vocab_size, vocab, _column(column), splitter)
+    if max_sentences is not None and max_sentences < len(c):
+        c = text.Corpus(c.sentences[:max_sentences], c.vocab, None, c.source)
+    return c
+
+
+def _join(words, vocab):
+    from .text import join_words
+
+    if vocab.kind == "chars":
+        return "".join(words)
+    if vocab.kind == "lines":
+        return " ".join(words)
+    return join_words(words)
+
+
+def _print_samples(model, vocab, n, rng, file=sys.stdout, **kw):
+    from .generate import Sampler, generate_sentence, generate_text
+
+    sampler = Sampler(model, vocab, rng)
+    if vocab.kind == "chars":
+        print(generate_text(model, vocab, kw.get("length", 300), sampler=sampler,
+                            temperature=kw.get("temperature", 1.0), top_k=kw.get("top_k")),
+              file=file)
+        return
+    for _ in range(n):
+        words = generate_sentence(model, vocab, sampler=sampler,
+                                  min_length=kw.get("min_length", 3),
+                                  max_length=kw.get("max_length", 40),
+                                  temperature=kw.get("temperature", 1.0),
+                                  top_k=kw.get("top_k"), prefix=kw.get("prefix"))
+        print("  " + _join(words, vocab), file=file)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_train(args):
+    import numpy as np
+
+    from . import io, text
+    from .backends import get_backend
+    from .train import Trainer, plot_history
+    from .tutorial import RNNNumpy, RNNTheano
+
+    be = get_backend(args.backend).name      # fail early on an unavailable backend
+    if args.vocab_size < 3:
+        raise _UserError(f"--vocab-size must be at least 3 (two sentence markers and "
+                         f"UNKNOWN_TOKEN), got {args.vocab_size}")
+    if args.dtype == "float32" and args.model != "theano":
+        raise _UserError("--dtype float32 needs --model theano (RNNNumpy is float64)")
+    t_start = time.perf_counter()
+
+    resume = args.resume
+    if resume is not None:
+        loaded = io.load_model(resume)      # clear errors for missing/corrupt files
+        cfg = loaded.config
+        if loaded.vocab is None or "corpus" not in cfg:
+            raise _UserError(f"{resume}: not a fastrnn training checkpoint")
+        corpus_path = args.corpus if args.corpus is not None else cfg["corpus"]
+        corpus = _load_corpus(corpus_path, cfg.get("format", "auto"), len(loaded.vocab),
+                              loaded.vocab, cfg.get("column", "0"), cfg.get("splitter", "nltk"),
+                              cfg.get("max_sentences"))
+        valid_fraction = cfg.get("valid_fraction", 0.0)
+        out = args.out or os.path.dirname(os.path.abspath(resume))
+    else:
+        corpus_path = args.corpus
+        corpus = _load_corpus(corpus_path, args.format, args.vocab_size, None, args.column,
+                              args.splitter, args.max_sentences)
+        valid_fraction = args.valid_fraction
+        name = ("demo" if args.demo else "everyday") if corpus_path is None else \
+            os.path.splitext(os.path.basename(corpus_path))[0]
+        out = args.out or os.path.join("runs", name)
+    if len(corpus) < 2:
+        valid_fraction = 0.0
+    if valid_fraction > 0:
+        train_c, valid_c = corpus.split(valid_fraction)
+    else:
+        train_c, valid_c = corpus, None
+    vocab = corpus.vocab
+    os.makedirs(out, exist_ok=True)
+    ckpt = resume if resume is not None else os.path.join(out, "checkpoint.npz")
+    progress = {"auto": None, "on": True, "off": False}[args.progress]
+    plot_path = os.path.join(out, "loss.png")
+
+    def on_eval(model, seen, loss, _state={}):
+        try:
+            plot_path_ = plot_history(trainer.history, plot_path,
+                                      title=f"fastrnn: {os.path.basename(str(corpus.source))}")
+        except Exception as exc:          # a plot must never stop training
+            print(f"fastrnn: warning: could not save the loss plot: {exc}", file=sys.stderr)
+        return None
+
+    Xv = valid_c.X if valid_c is not None else None
+    yv = valid_c.y if valid_c is not None else None
+    if resume is not None:
+        trainer = Trainer.resume(resume, train_c.X, train_c.y, Xv, yv, backend=args.backend,
+                                 progress=progress, callback=on_eval,
+                                 **({"nepoch": args.epochs} if args.epochs else {}))
+        model = trainer.model
+        print(f"Resuming {resume}: epoch {trainer.epoch}, step {trainer.steps}, "
+              f"learning rate {trainer.learning_rate:g}")
+    else:
+        np.random.seed(args.seed)           # the tutorial's initialisation, reproducibly
+        if args.model == "theano":
+            model = RNNTheano(len(vocab), args.hidden, bptt_truncate=args.bptt_truncate,
+                              dtype=args.dtype, backend=args.backend)
+        else:
+            model = RNNNumpy(len(vocab), args.hidden, bptt_truncate=args.bptt_truncate,
+                             backend=args.backend)
+        config = {"corpus": os.path.abspath(corpus_path) if corpus_path else None,
+                  "format": "text" if corpus_path is None else args.format,
+                  "column": args.column, "splitter": args.splitter,
+                  "max_sentences": args.max_sentences, "valid_fraction": valid_fraction,
+                  "mode": args.mode, "bptt": args.bptt}
+        trainer = Trainer(model, train_c.X, train_c.y, Xv, yv, learning_rate=args.lr,
+                          nepoch=args.epochs, evaluate_loss_after=args.eval_every,
+                          mode=args.mode, bptt=args.bptt,
+                          truncation=None if args.truncation == "model" else args.truncation,
+                          shuffle=not args.no_shuffle, seed=args.seed, checkpoint_path=ckpt,
+                          checkpoint_every=args.checkpoint_every, vocab=vocab, config=config,
+                          progress=progress, callback=on_eval)
+    print(f"Corpus: {corpus.source}: {len(corpus)} sentences, {corpus.n_tokens} tokens, "
+          f"vocabulary {len(vocab)}; train {len(train_c)} / validation "
+          f"{len(valid_c) if valid_c is not None else 0} sentences")
+    print(f"Model: {type(model).__name__} H={model.hidden_dim} V={len(vocab)}, backend {be}, "
+          f"mode {trainer.mode}, {trainer.nepoch} epochs, lr {trainer.learning_rate:g}")
+    sys.stdout.flush()
+    try:
+        history = trainer.train()
+    except KeyboardInterrupt:
+        print(f"\nfastrnn: interrupted; resume with: fastrnn train --resume {ckpt}",
+              file=sys.stderr)
+        return 130
+    model_path = io.save_model(os.path.join(out, "model.npz"), model, vocab,
+                               config=dict(trainer.config, mode=trainer.mode, bptt=trainer.bptt))
+    on_eval(model, None, None)
+    first, last = history[0], history[-1]
+    key = "valid_loss" if "valid_loss" in last else "train_loss"
+    print(f"Loss ({key.split('_')[0]}): {first.get(key, float('nan')):.4f} -> "
+          f"{last.get(key, float('nan')):.4f}"
+          + (f"; validation perplexity {last['valid_ppl']:.2f}" if "valid_ppl" in last else "")
+          + f"; {trainer.tokens_seen / max(trainer.elapsed, 1e-9):,.0f} tokens/s; "
+          f"{time.perf_counter() - t_start:.1f} s in all")
+    print(f"Saved {model_path}, {ckpt} and {plot_path}")
+    if args.samples:
+        print("Samples:")
+        _print_samples(model, vocab, args.samples, np.random.default_rng(args.seed))
+    return 0
+
+
+def cmd_generate(args):
+    import numpy as np
+
+    from . import io
+
+    loaded = io.load_model(args.model)
+    if loaded.vocab is None:
+        raise _UserError(f"{args.model}: the file holds no vocabulary (a tutorial parameter "
+                         f"file?); generate needs a model saved by fastrnn")
+    if args.temperature < 0:
+        raise _UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.min_length > args.max_length:
+        raise _UserError(f"--min-length {args.min_length} exceeds --max-length "
+                         f"{args.max_length}")
+    _print_samples(loaded.model, loaded.vocab, args.num, np.random.default_rng(args.seed),
+                   temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
+                   min_length=args.min_length, max_length=args.max_length, length=args.length)
+    return 0
+
+
+def cmd_evaluate(args):
+    from . import io
+    from .backends import get_backend
+    from .train import evaluate
+
+    get_backend(args.backend)
+    loaded = io.load_model(args.model, backend=args.backend)
+    if loaded.vocab is None:
+        raise _UserError(f"{args.model}: the file holds no vocabulary; evaluate needs a "
+                         f"model saved by fastrnn")
+    cfg = loaded.config
+    fmt = args.format
+    if fmt == "auto":
+        fmt = {"lines": "lines", "chars": "chars"}.get(loaded.vocab.kind, "auto")
+        if fmt == "auto" and cfg.get("format") not in (None, "auto"):
+            fmt = cfg["format"]
+    corpus = _load_corpus(args.corpus, fmt, len(loaded.vocab), loaded.vocab, args.column,
+                          cfg.get("splitter", "nltk"), args.max_sentences)
+    mode = args.mode or cfg.get("mode", "sentence")
+    bptt = args.bptt or cfg.get("bptt", 35)
+    t0 = time.perf_counter()
+    r = evaluate(loaded.model, corpus, mode=mode, bptt=bptt)
+    dt = time.perf_counter() - t0
+    print(f"{args.corpus}: {r['tokens']} tokens, cross-entropy {r['loss']:.4f} nats/word, "
+          f"perplexity {r['perplexity']:.2f} ({mode} mode, {r['tokens'] / dt:,.0f} tokens/s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv=None):
+    """Entry point of the ``fastrnn`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if os.environ.get("FASTRNN_DEBUG", "") not in ("", "0"):
+        return args.func(args)
+    from .backends import BackendUnavailableError
+    from .train import TrainingDivergedError
+
+    try:
+        return args.func(args)
+    except TrainingDivergedError as exc:
+        print(f"fastrnn: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (_UserError, BackendUnavailableError, ValueError, TypeError, OSError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and exc.filename not in msg:
+            msg = f"{exc.filename}: {msg}"
+        print(f"fastrnn: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fastrnn: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,618 @@
+"""General RNN, GRU and LSTM language models over any backend's layer kernels.
+
+Architecture (PyTorch's ``word_language_model`` without dropout)::
+
+    x (T, B) ids -> embedding (V, E) -> num_layers recurrent layers (H) -> decoder H -> V
+                 -> softmax over the vocabulary
+
+Everything is time-major: ``x`` and ``y`` are ``(T, B)``, outputs ``(T, B, V)``, hidden
+state ``(num_layers, B, H)`` (LSTM: a pair ``(h, c)`` of those), as in ``torch.nn.RNN``.
+
+Division of labour (see :mod:`fastrnn.reference.gru` for the kernel contract): this module
+does the whole-sequence matrix products with NumPy's BLAS -- ``Xp = X W_ihᵀ + b_ih`` for
+all steps, the decoder ``Z = H_top W_decᵀ + b``, and in the backward pass ``dW = dGᵀ X`` --
+and the backend's kernels do the sequential recurrence (``<cell>_layer_forward`` /
+``<cell>_layer_backward``) and the fused softmax + NLL + gradient (``rnn_softmax_xent``).
+
+Padding and masks
+-----------------
+``mask (T, B)`` of 0/1 marks padding: a step with ``mask == 0`` adds nothing to the loss
+and does *not advance the state* (``h_t = h_{t-1}``, also ``c``).  So a batch of padded
+sequences gives the same loss, gradients and final hidden states as running the sequences
+one at a time, whether the padding is at the end or at the start.  A mask is *not* a way
+to drop a target in the middle of a sentence: the input at that step would be skipped too.
+
+Parameter names and the PyTorch layout
+--------------------------------------
+``parameters()`` (live arrays, in this order)::
+
+    embedding.weight   (V, E)
+    weight_ih_l{k}     (G*H, E if k == 0 else H)     G = 1 (RNN), 3 (GRU: r,z,n), 4 (LSTM: i,f,g,o)
+    weight_hh_l{k}     (G*H, H)
+    bias_ih_l{k}       (G*H,)          # only with bias=True
+    bias_hh_l{k}       (G*H,)          # only with bias=True
+    decoder.weight     (V, H)
+    decoder.bias       (V,)
+
+:meth:`to_torch_state_dict` maps them onto the module ::
+
+    class TorchLM(torch.nn.Module):
+        def __init__(self, V, E, H, L, bias=True):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E)
+            self.rnn = torch.nn.GRU(E, H, L, bias=bias)      # or torch.nn.RNN / torch.nn.LSTM
+            self.decoder = torch.nn.Linear(H, V)
+
+as ``embedding.weight -> embedding.weight``, ``weight_ih_l0 -> rnn.weight_ih_l0`` (and the
+other recurrent keys likewise, identical after the ``rnn.`` prefix), ``decoder.* ->
+decoder.*``.  ``torch.nn.GRU`` is the ``reset_after=True, hard_gates=False`` GRU;
+``torch.nn.RNN`` is the tanh RNN; ``torch.nn.LSTM`` the ``hard_gates=False`` LSTM.
+"""
+import numbers
+
+import numpy as np
+
+from . import _validate
+from .backends import BackendUnavailableError, get_backend
+
+__all__ = ["RNN", "GRU", "LSTM"]
+
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+_TORCH_CLASS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+
+
+# ----------------------------------------------------------------------------- core
+
+class _Layer:
+    """Forward cache of one layer: inputs, states and the kernel's gate cache."""
+    __slots__ = ("inp", "Hs", "Cs", "cache")
+
+
+def _kernel(be, name):
+    fn = getattr(be, name, None)
+    if fn is None:
+        raise BackendUnavailableError(
+            f"backend {be.name!r} has no kernel {name!r}; use backend='numba' or 'numpy'")
+    return fn
+
+
+def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
+    """Run a stack of recurrent layers forward over a whole (padded) batch.
+
+    Parameters
+    ----------
+    be : backend table (:func:`fastrnn.backends.get_backend`)
+    cell : {"rnn", "gru", "lstm"}
+    flags : dict
+        ``reset_after`` (GRU) and ``hard_gates`` (GRU, LSTM).
+    layers : list of tuple
+        ``(W_ih (G*H, I), W_hh (G*H, H), b_ih (G*H,) or None, b_hh (G*H,) or None)``.
+    X0 : ndarray, shape (T, B, I0)
+        Input of the first layer, C-contiguous, the parameters' dtype.
+    h0, c0 : ndarray, shape (L, B, H)
+        Initial states (``c0`` only for LSTM, else None), C-contiguous.
+    mask : ndarray, shape (T, B)
+        1 for real steps, 0 for padding (state held).
+
+    Returns
+    -------
+    list of _Layer
+        One forward cache per layer; ``caches[-1].Hs[1:]`` is the top output ``(T, B, H)``.
+    """
+    T, B = X0.shape[:2]
+    dt = X0.dtype
+    out = []
+    inp = X0
+    for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(layers):
+        G, H = W_hh.shape
+        Xp = inp.reshape(T * B, -1) @ W_ih.T
+        if b_ih is not None:
+            Xp += b_ih
+        Xp = Xp.reshape(T, B, G)
+        if b_hh is None:
+            b_hh = np.zeros(G, dt)
+        lay = _Layer()
+        lay.inp = inp
+        lay.Hs = np.empty((T + 1, B, H), dt)
+        lay.Cs = None
+        lay.cache = None
+        if cell == "rnn":
+            _kernel(be, "rnn_layer_forward")(Xp, W_hh, b_hh, h0[k], mask, lay.Hs)
+        elif cell == "gru":
+            lay.cache = np.empty((T, B, 4 * H), dt)
+            _kernel(be, "gru_layer_forward")(Xp, W_hh, b_hh, h0[k], mask, flags["reset_after"],
+                                             flags["hard_gates"], lay.Hs, lay.cache)
+        else:
+            lay.Cs = np.empty((T + 1, B, H), dt)
+            lay.cache = np.empty((T, B, 4 * H), dt)
+            _kernel(be, "lstm_layer_forward")(Xp, W_hh, b_hh, h0[k], c0[k], mask,
+                                              flags["hard_gates"], lay.Hs, lay.Cs, lay.cache)
+        out.append(lay)
+        inp = lay.Hs[1:]
+    return out
+
+
+def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
+    """Full BPTT through a stack run by :func:`stack_forward`.
+
+    Parameters
+    ----------
+    dTop : ndarray, shape (T, B, H)
+        ``dL/dh_t`` of the top layer's outputs, C-contiguous.
+    need_dX0 : bool
+        Whether to compute the gradient of the first layer's input.
+
+    Returns
+    -------
+    grads : list of tuple
+        Per layer ``(dW_ih, dW_hh, db_ih, db_hh)`` (biases always returned).
+    dX0 : ndarray, shape (T, B, I0), or None
+    dh0, dc0 : ndarray, shape (L, B, H) (``dc0`` None unless LSTM)
+    """
+    L = len(layers)
+    T, B = dTop.shape[:2]
+    dt = dTop.dtype
+    H = layers[0][1].shape[1]
+    grads = [None] * L
+    dh0 = np.empty((L, B, H), dt)
+    dc0 = np.empty((L, B, H), dt) if cell == "lstm" else None
+    dHs = dTop
+    dX0 = None
+    for k in range(L - 1, -1, -1):
+        W_ih, W_hh, _, _ = layers[k]
+        lay = caches[k]
+        G = W_hh.shape[0]
+        if cell == "rnn":
+            dGx = np.empty((T, B, G), dt)
+            _kernel(be, "rnn_layer_backward")(W_hh, mask, lay.Hs, dHs, dGx, dh0[k])
+            dGh = dGx
+        elif cell == "gru":
+            dGx = np.empty((T, B, G), dt)
+            dGh = np.empty((T, B, G), dt)
+            _kernel(be, "gru_layer_backward")(W_hh, mask, flags["reset_after"], flags["hard_gates"],
+                                              lay.Hs, lay.cache, dHs, dGx, dGh, dh0[k])
+        else:
+            dGx = np.empty((T, B, G), dt)
+            _kernel(be, "lstm_layer_backward")(W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs,
+                                               lay.cache, dHs, dGx, dh0[k], dc0[k])
+            dGh = dGx
+        gx = dGx.reshape(T * B, G)
+        gh = dGh.reshape(T * B, G)
+        inp = lay.inp.reshape(T * B, -1)
+        hprev = lay.Hs[:T].reshape(T * B, H)
+        dW_ih = gx.T @ inp
+        if cell == "gru" and not flags["reset_after"]:
+            # the n rows of W_hh act on r * h_{t-1}, cached by the kernel
+            dW_hh = np.empty_like(W_hh)
+            dW_hh[:2 * H] = gh[:, :2 * H].T @ hprev
+            dW_hh[2 * H:] = gh[:, 2 * H:].T @ lay.cache[:, :, 3 * H:].reshape(T * B, H)
+        else:
+            dW_hh = gh.T @ hprev
+        grads[k] = (dW_ih, dW_hh, gx.sum(axis=0), gh.sum(axis=0))
+        if k > 0 or need_dX0:
+            dX = (gx @ W_ih).reshape(T, B, -1)
+            if k > 0:
+                dHs = dX
+            else:
+                dX0 = dX
+    return grads, dX0, dh0, dc0
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _tokens2d(x, vocab_size, name):
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a (T, B) array of integer token ids, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a (T, B) array of token ids; got a ragged "
+                         f"sequence ({exc})") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (T, B) (time-major: steps x sequences), "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one step and one sequence, got shape {arr.shape}")
+    flat = _validate.tokens(arr.reshape(-1), vocab_size, name)
+    return flat.reshape(arr.shape)
+
+
+def _mask(mask, shape, dtype):
+    if mask is None:
+        return np.ones(shape, dtype)
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ValueError(f"mask must have shape {shape} like x, got {m.shape}")
+    if m.dtype.kind not in "biuf":
+        raise TypeError(f"mask must hold 0/1 values, got dtype {m.dtype}")
+    bad = (m != 0) & (m != 1)
+    if bad.any():
+        v = m[bad].flat[0]
+        raise ValueError(f"mask must hold only 0 and 1, got the value {v!r}")
+    return np.ascontiguousarray(m, dtype=dtype)
+
+
+def _state(h, L, B, H, dtype, name):
+    if h is None:
+        return np.zeros((L, B, H), dtype)
+    if hasattr(h, "detach"):           # a torch tensor
+        h = h.detach().cpu().numpy()
+    arr = np.asarray(h)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if arr.shape != (L, B, H):
+        raise ValueError(f"{name} must have shape (num_layers, B, H) = {(L, B, H)}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds {int(arr.size - np.isfinite(arr).sum())} non-finite value(s)")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _flag(v, name):
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+# ----------------------------------------------------------------------------- models
+
+class _LanguageModel:
+    """Shared implementation of :class:`RNN`, :class:`GRU` and :class:`LSTM`."""
+
+    cell = None
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, embedding_dim=None, bias=True,
+                 dtype=np.float32, backend=None, seed=None, **flags):
+        V = _validate.positive_int(vocab_size, "vocab_size")
+        H = _validate.positive_int(hidden_size, "hidden_size")
+        L = _validate.positive_int(num_layers, "num_layers")
+        E = H if embedding_dim is None else _validate.positive_int(embedding_dim, "embedding_dim")
+        self.vocab_size, self.hidden_size, self.num_layers, self.embedding_dim = V, H, L, E
+        self.bias = _flag(bias, "bias")
+        self.dtype = _validate.as_dtype(dtype)
+        self.flags = flags
+        self.backend = backend
+        self._be = get_backend(backend)
+        # check now that the backend has this cell, not at the first call
+        for suffix in ("layer_forward", "layer_backward"):
+            _kernel(self._be, f"{self.cell}_{suffix}")
+        _kernel(self._be, "rnn_softmax_xent")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+        rng = np.random.default_rng(seed)
+        dt = self.dtype
+        G = _GATES[self.cell]
+        k = 1.0 / np.sqrt(H)
+
+        def u(shape, a):
+            return rng.uniform(-a, a, shape).astype(dt)
+
+        # PyTorch's init for the recurrent weights (U(+-1/sqrt(H))); word_language_model's
+        # for the embedding and decoder (U(+-0.1), zero decoder bias).
+        p = {"embedding.weight": u((V, E), 0.1)}
+        for layer in range(L):
+            p[f"weight_ih_l{layer}"] = u((G * H, E if layer == 0 else H), k)
+            p[f"weight_hh_l{layer}"] = u((G * H, H), k)
+            if self.bias:
+                p[f"bias_ih_l{layer}"] = u((G * H,), k)
+                p[f"bias_hh_l{layer}"] = u((G * H,), k)
+        p["decoder.weight"] = u((V, H), 0.1)
+        p["decoder.bias"] = np.zeros(V, dt)
+        self._params = p
+
+    # -- parameters ---------------------------------------------------------------
+    def parameters(self):
+        """The live parameter arrays, ``name -> ndarray`` (see the module docstring).
+
+        An optimizer given this dict updates the model in place.
+        """
+        return self._params
+
+    def _shapes(self):
+        return {n: a.shape for n, a in self._params.items()}
+
+    def state_dict(self):
+        """Copies of the parameters, ``name -> ndarray``."""
+        return {n: a.copy() for n, a in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copy values into the live parameter arrays (in place, so optimizers stay valid).
+
+        Keys must be exactly those of :meth:`parameters`; shapes must match; values must be
+        finite.  Nothing is changed unless every entry is valid.
+        """
+        keys, want = set(state_dict), set(self._params)
+        if keys != want:
+            raise ValueError(f"state_dict keys do not match the model: missing "
+                             f"{sorted(want - keys)}, unexpected {sorted(keys - want)}")
+        vals = {}
+        for n, p in self._params.items():
+            v = state_dict[n]
+            if hasattr(v, "detach"):
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            if v.dtype.kind not in "fiu":
+                raise TypeError(f"state_dict[{n!r}] must be a float array, got dtype {v.dtype}")
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{n!r}] has shape {v.shape}, expected {p.shape}")
+            if not np.isfinite(v).all():
+                raise ValueError(f"state_dict[{n!r}] holds non-finite values")
+            vals[n] = v
+        for n, p in self._params.items():
+            p[...] = vals[n]
+
+    def to_torch_state_dict(self, rnn_prefix="rnn.", tensors=True):
+        """The parameters under the key names of ``Embedding + RNN/GRU/LSTM + Linear``.
+
+        Parameters
+        ----------
+        rnn_prefix : str
+            Prefix of the recurrent module's keys (the attribute name of the torch RNN
+            module plus a dot).
+        tensors : bool
+            Return ``torch.Tensor`` copies (needs torch); ``False`` gives NumPy copies.
+
+        Returns
+        -------
+        dict
+            ``embedding.weight``, ``{rnn_prefix}weight_ih_l{k}`` ..., ``decoder.weight``,
+            ``decoder.bias``.
+        """
+        if self.cell == "gru" and (self.flags["hard_gates"] or not self.flags["reset_after"]):
+            raise ValueError("torch.nn.GRU is the GRU with reset_after=True and hard_gates=False; "
+                             f"this model has {self.flags}")
+        if self.cell == "lstm" and self.flags["hard_gates"]:
+            raise ValueError("torch.nn.LSTM has sigmoid gates; this model has hard_gates=True")
+        out = {}
+        for n, a in self._params.items():
+            key = n if n.startswith(("embedding.", "decoder.")) else rnn_prefix + n
+            out[key] = a.copy()
+        if tensors:
+            import torch
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
+        return out
+
+    @classmethod
+    def from_torch_state_dict(cls, state_dict, rnn_prefix="rnn.", dtype=None, backend=None):
+        """Build a model from the ``state_dict()`` of ``Embedding + RNN/GRU/LSTM + Linear``.
+
+        Sizes are read from the shapes: ``embedding.weight (V, E)``,
+        ``{rnn_prefix}weight_hh_l0 (G*H, H)``, the number of layers from the keys, ``bias``
+        from the presence of ``{rnn_prefix}bias_ih_l0``.  ``dtype`` defaults to the arrays'
+        (float32 or float64).  Values may be torch tensors or arrays.
+        """
+        sd = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+              for k, v in state_dict.items()}
+        for key in ("embedding.weight", f"{rnn_prefix}weight_hh_l0", "decoder.weight"):
+            if key not in sd:
+                raise ValueError(f"state_dict has no key {key!r}; keys are {sorted(sd)}")
+        V, E = sd["embedding.weight"].shape
+        GH, H = sd[f"{rnn_prefix}weight_hh_l0"].shape
+        G = _GATES[cls.cell]
+        if GH != G * H:
+            raise ValueError(f"{rnn_prefix}weight_hh_l0 has shape {(GH, H)}; a {cls.__name__} "
+                             f"needs ({G}*H, H) = {(G * H, H)}")
+        L = 0
+        while f"{rnn_prefix}weight_ih_l{L}" in sd:
+            L += 1
+        bias = f"{rnn_prefix}bias_ih_l0" in sd
+        if dtype is None:
+            dt = sd["embedding.weight"].dtype
+            dtype = dt if dt in _validate.FLOAT_DTYPES else np.float32
+        model = cls(V, H, num_layers=L, embedding_dim=E, bias=bias, dtype=dtype,
+                    backend=backend, seed=0)
+        mapped = {}
+        for k, v in sd.items():
+            if k.startswith(rnn_prefix) and not k.startswith(("embedding.", "decoder.")):
+                mapped[k[len(rnn_prefix):]] = v
+            else:
+                mapped[k] = v
+        model.load_state_dict(mapped)
+        return model
+
+    # -- state --------------------------------------------------------------------
+    def init_hidden(self, batch_size):
+        """Zero initial state: ``(num_layers, B, H)`` (LSTM: a pair ``(h, c)``)."""
+        B = _validate.positive_int(batch_size, "batch_size")
+        z = np.zeros((self.num_layers, B, self.hidden_size), self.dtype)
+        return (z, z.copy()) if self.cell == "lstm" else z
+
+    def _hidden_in(self, hidden, B):
+        L, H, dt = self.num_layers, self.hidden_size, self.dtype
+        if self.cell == "lstm":
+            if hidden is None:
+                return _state(None, L, B, H, dt, "h0"), _state(None, L, B, H, dt, "c0")
+            if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
+                raise TypeError("an LSTM's hidden state must be a pair (h, c) of "
+                                f"(num_layers, B, H) arrays, got {type(hidden).__name__}")
+            return _state(hidden[0], L, B, H, dt, "h0"), _state(hidden[1], L, B, H, dt, "c0")
+        return _state(hidden, L, B, H, dt, "hidden"), None
+
+    def _hidden_out(self, caches):
+        T = caches[0].Hs.shape[0] - 1
+        h = np.stack([c.Hs[T] for c in caches])
+        if self.cell == "lstm":
+            return h, np.stack([c.Cs[T] for c in caches])
+        return h
+
+    def _layers(self):
+        p = self._params
+        return [(p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"], p.get(f"bias_ih_l{k}"),
+                 p.get(f"bias_hh_l{k}")) for k in range(self.num_layers)]
+
+    # -- passes -------------------------------------------------------------------
+    def _run(self, x, hidden, mask):
+        xa = _tokens2d(x, self.vocab_size, "x")
+        T, B = xa.shape
+        m = _mask(mask, (T, B), self.dtype)
+        h0, c0 = self._hidden_in(hidden, B)
+        X0 = self._params["embedding.weight"][xa]                # (T, B, E), a copy
+        layers = self._layers()
+        caches = stack_forward(self._be, self.cell, self.flags, layers, X0, h0, c0, m)
+        top = caches[-1].Hs[1:].reshape(T * B, self.hidden_size)
+        Z = top @ self._params["decoder.weight"].T
+        Z += self._params["decoder.bias"]
+        return xa, m, layers, caches, top, Z
+
+    def forward(self, x, hidden=None, mask=None, output="log_probs"):
+        """Run the model over a batch.
+
+        Parameters
+        ----------
+        x : array_like of int, shape (T, B)
+            Token ids, time-major.
+        hidden : ndarray (num_layers, B, H), or for LSTM a pair ``(h, c)``; optional
+            Initial state (zeros if None).
+        mask : array_like of 0/1, shape (T, B), optional
+            0 marks padding: the state is held there (see the module docstring).
+        output : {"log_probs", "logits", "probs"}
+
+        Returns
+        -------
+        out : ndarray, shape (T, B, V)
+        hidden : the final state, like ``hidden`` (at padded steps: the last real state)
+        """
+        if output not in ("log_probs", "logits", "probs"):
+            raise ValueError(f"output must be 'log_probs', 'logits' or 'probs', got {output!r}")
+        xa, m, layers, caches, top, Z = self._run(x, hidden, mask)
+        T, B = xa.shape
+        if output != "logits":
+            self._be.rnn_log_softmax(Z, Z)
+            if output == "probs":
+                np.exp(Z, out=Z)
+        return Z.reshape(T, B, self.vocab_size), self._hidden_out(caches)
+
+    __call__ = forward
+
+    def _loss(self, x, y, mask, hidden):
+        xa, m, layers, caches, top, Z = self._run(x, hidden, mask)
+        ya = _tokens2d(y, self.vocab_size, "y")
+        if ya.shape != xa.shape:
+            raise ValueError(f"y must have the shape of x {xa.shape}, got {ya.shape}")
+        count = float(m.sum())
+        if count == 0:
+            raise ValueError("mask selects no tokens; the mean loss is undefined")
+        total = float(self._be.rnn_softmax_xent(Z, ya.reshape(-1), m.reshape(-1), 1.0 / count))
+        return total / count, xa, m, layers, caches, top, Z
+
+    def loss(self, x, y, mask=None, hidden=None):
+        """Mean negative log-likelihood per unmasked token.
+
+        Parameters
+        ----------
+        x, y : array_like of int, shape (T, B)
+            Inputs and targets (usually ``y[t] = x[t + 1]``).
+        mask : array_like of 0/1, shape (T, B), optional
+        hidden : initial state, optional
+
+        Returns
+        -------
+        loss : float
+            ``-(1/N) sum_{t,b: mask=1} log p(y[t, b] | x[:t+1, b])``, ``N = mask.sum()``.
+        hidden : the final state
+        """
+        L, xa, m, layers, caches, top, Z = self._loss(x, y, mask, hidden)
+        return L, self._hidden_out(caches)
+
+    def loss_and_grad(self, x, y, mask=None, hidden=None):
+        """Mean NLL and its exact gradient (full BPTT over the ``T`` steps given).
+
+        The incoming ``hidden`` is treated as a constant (a stream trainer passes the
+        previous chunk's final state: truncated BPTT at chunk boundaries).
+
+        Returns
+        -------
+        loss : float
+        grads : dict ``name -> ndarray``
+            Same keys, shapes and dtype as :meth:`parameters`.
+        hidden : the final state (new arrays)
+        """
+        L, xa, m, layers, caches, top, dZ = self._loss(x, y, mask, hidden)
+        T, B = xa.shape
+        p = self._params
+        dTop = (dZ @ p["decoder.weight"]).reshape(T, B, self.hidden_size)
+        lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop)
+        g = {}
+        dEmb = np.zeros_like(p["embedding.weight"])
+        np.add.at(dEmb, xa.reshape(-1), dX0.reshape(T * B, -1))
+        g["embedding.weight"] = dEmb
+        for k, (dW_ih, dW_hh, db_ih, db_hh) in enumerate(lg):
+            g[f"weight_ih_l{k}"] = dW_ih
+            g[f"weight_hh_l{k}"] = dW_hh
+            if self.bias:
+                g[f"bias_ih_l{k}"] = db_ih
+                g[f"bias_hh_l{k}"] = db_hh
+        g["decoder.weight"] = dZ.T @ top
+        g["decoder.bias"] = dZ.sum(axis=0)
+        return L, g, self._hidden_out(caches)
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v}" for k, v in self.flags.items())
+        return (f"{type(self).__name__}(vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, embedding_dim={self.embedding_dim}, bias={self.bias}, "
+                f"dtype={self.dtype.name}, backend={self._be.name!r}{extra})")
+
+
+class RNN(_LanguageModel):
+    """Tanh (Elman) RNN language model; see the module docstring.
+
+    Parameters
+    ----------
+    vocab_size : int
+        ``V``.
+    hidden_size : int
+        ``H``.
+    num_layers : int, default 1
+    embedding_dim : int, optional
+        ``E``; defaults to ``hidden_size``.
+    bias : bool, default True
+    dtype : float32 (default) or float64
+    backend : str, optional
+        ``"numba"``, ``"numpy"`` (the reference) ...; default: the fastest available.
+    seed : int, optional
+        Seed of the initial weights.
+    """
+
+    cell = "rnn"
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, embedding_dim=None, bias=True,
+                 dtype=np.float32, backend=None, seed=None):
+        super().__init__(vocab_size, hidden_size, num_layers, embedding_dim, bias, dtype,
+                         backend, seed)
+
+
+class GRU(_LanguageModel):
+    """GRU language model (gate order ``r, z, n``); see the module docstring.
+
+    Parameters are those of :class:`RNN`, plus
+
+    reset_after : bool, default True
+        True: PyTorch's ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; False: the
+        Theano tutorial's ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
+    hard_gates : bool, default False
+        Gates ``r, z`` use ``clip(0.2 x + 0.5, 0, 1)`` instead of the sigmoid.
+    """
+
+    cell = "gru"
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, embedding_dim=None, bias=True,
+                 dtype=np.float32, backend=None, seed=None, reset_after=True, hard_gates=False):
+        super().__init__(vocab_size, hidden_size, num_layers, embedding_dim, bias, dtype,
+                         backend, seed, reset_after=_flag(reset_after, "reset_after"),
+                         hard_gates=_flag(hard_gates, "hard_gates"))
+
+
+class LSTM(_LanguageModel):
+    """LSTM language model (gate order ``i, f, g, o``; state ``(h, c)``).
+
+    Parameters are those of :class:`RNN`, plus
+
+    hard_gates : bool, default False
+        Gates ``i, f, o`` use ``clip(0.2 x + 0.5, 0, 1)`` instead of the sigmoid.
+    """
+
+    cell = "lstm"
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, embedding_dim=None, bias=True,
+                 dtype=np.float32, backend=None, seed=None, hard_gates=False):
+        super().__init__(vocab_size, hidden_size, num_layers, embedding_dim, bias, dtype,
+                         backend, seed, hard_gates=_flag(hard_gates, "hard_gates"))

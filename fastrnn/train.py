@@ -1,0 +1,585 @@
+"""Training loops for the tutorial models, with checkpoints that lose nothing.
+
+Two ways through the data (``mode``):
+
+``"sentence"`` -- the tutorial's loop
+    One SGD step per sentence, each from a zero hidden state, with the model's own BPTT
+    truncation (``RNNNumpy``: the tutorial's window; ``RNNTheano``: Theano's last-k) or
+    ``truncation="full"``.  The sentence order is shuffled every epoch by the trainer's
+    own :class:`numpy.random.Generator` (``shuffle=False`` gives the tutorial's fixed order).
+``"stream"`` -- chunked truncated BPTT over a continuous stream
+    The sentences are joined into one id stream and cut into chunks of ``bptt`` tokens;
+    each chunk is one SGD step with full BPTT inside the chunk, starting from the last
+    hidden state of the previous chunk, which is carried over *without* gradient -- the
+    scheme of pytorch/examples ``word_language_model`` (batch size 1).  The state is reset
+    to zero at the start of each epoch.
+
+Every ``evaluate_loss_after`` epochs (and at the end) the mean per-word cross-entropy is
+computed on the training set and, if given, the validation set (whose perplexity is
+``exp(loss)``).  As in the tutorial, when the evaluated loss is higher than at the previous
+evaluation the learning rate is halved; the validation loss is used when there is one.
+
+Checkpoints
+-----------
+Written every ``checkpoint_every`` steps, after each evaluation and at the end, atomically
+(see :func:`fastrnn.io.atomic_write`).  A checkpoint is a model file (it loads with
+:func:`fastrnn.io.load_model` and the tutorial's loaders) that also holds: the trainer's
+generator state (``bit_generator.state``), epoch, position in the epoch, the epoch's
+sentence order, the carried hidden state, the learning rate, the loss history, counters,
+a fingerprint of the training data, and the format version.  :meth:`Trainer.resume`
+continues the same run: in float64 on one thread, a run killed anywhere and resumed ends
+with the same weights as one never interrupted (tested bit for bit).
+
+A NaN or infinite loss stops training with :class:`TrainingDivergedError`; checkpoints are
+only written while the parameters are finite, so the last one on disk is good.
+"""
+import hashlib
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _validate
+from . import functional as F
+from .io import (FORMAT_VERSION, ModelFileError, build_model, check_parameters,
+                 make_meta, model_parameters, read_npz, write_npz)
+from .text import Vocabulary, sentences_to_stream
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+MODES = ("sentence", "stream")
+
+
+def _pairs_to_sentences(pairs):
+    # X = s[:-1], y = s[1:]  =>  s = X + y[-1:]
+    return [np.concatenate([x, y[-1:]]) for x, y in pairs]
+
+
+def _fingerprint(pairs):
+    h = hashlib.sha256()
+    for x, y in pairs:
+        h.update(np.ascontiguousarray(x, dtype=np.int64).tobytes())
+        h.update(b"|")
+        h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+        h.update(b";")
+    return h.hexdigest()
+
+
+def _chunks(n_stream, bptt):
+    """Start offsets of the chunks of a stream of ``n_stream`` ids (the last id is a target)."""
+    return range(0, max(n_stream - 1, 0), bptt)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def sentence_loss(model, pairs, ws=None):
+    """``(total cross-entropy, number of predicted words)`` over sentences, zero initial state."""
+    U, V, W = model_parameters(model)
+    be = getattr(model, "backend", None)
+    total = 0.0
+    n = 0
+    for x, y in pairs:
+        total += F.loss(U, V, W, x, y, backend=be, ws=ws)
+        n += len(y)
+    return total, n
+
+
+def stream_loss(model, stream, bptt=35, ws=None):
+    """``(total cross-entropy, tokens)`` over a stream, hidden state carried across chunks."""
+    U, V, W = model_parameters(model)
+    be = getattr(model, "backend", None)
+    h = None
+    total = 0.0
+    n = 0
+    for i in _chunks(len(stream), bptt):
+        x = stream[i:min(i + bptt, len(stream) - 1)]
+        y = stream[i + 1:i + 1 + len(x)]
+        L, h = F.loss(U, V, W, x, y, h0=h, backend=be, ws=ws, return_state=True)
+        total += L
+        n += len(y)
+    return total, n
+
+
+def evaluate(model, X, y=None, mode="sentence", bptt=35):
+    """Per-word cross-entropy and perplexity of ``model`` on a corpus.
+
+    Parameters
+    ----------
+    model : RNNNumpy or RNNTheano
+    X : Corpus or list of arrays
+        A :class:`fastrnn.text.Corpus`, or the inputs ``X`` (then pass ``y``).
+    y : list of arrays, optional
+    mode : {"sentence", "stream"}
+        Sentences from a zero state (the tutorial's ``calculate_loss``), or one stream with
+        the state carried across chunks of ``bptt`` tokens.
+
+    Returns
+    -------
+    dict
+        ``loss`` (nats per predicted word), ``perplexity`` (``exp(loss)``), ``tokens``.
+    """
+    if y is None:
+        X, y = X.X, X.y
+    U = model_parameters(model)[0]
+    pairs = _validate.corpus(X, y, U.shape[1])
+    ws = F.Workspace(U.shape[0], U.shape[1], U.dtype)
+    if mode == "sentence":
+        total, n = sentence_loss(model, pairs, ws)
+    elif mode == "stream":
+        total, n = stream_loss(model, sentences_to_stream(_pairs_to_sentences(pairs)), bptt, ws)
+    else:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    loss = total / n
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
+            "tokens": n}
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """SGD training of a tutorial model with evaluation, progress and checkpoints.
+
+    Parameters
+    ----------
+    model : RNNNumpy or RNNTheano
+        Trained in place.  Its ``backend`` attribute selects the kernels.
+    X_train, y_train : list of int arrays
+        Sentences: ``y`` is ``X`` shifted by one (``X = s[:-1]``, ``y = s[1:]``).
+    X_valid, y_valid : list of int arrays, optional
+        Validation sentences.
+    learning_rate : float
+        Initial SGD step (the tutorial: 0.005).
+    nepoch : int
+        Epochs to run in total (a resumed run continues up to this).
+    evaluate_loss_after : int
+        Evaluate (and possibly halve the learning rate) every this many epochs.
+    mode : {"sentence", "stream"}
+        See the module notes.
+    bptt : int
+        Chunk length of ``mode="stream"``.
+    truncation : {None, "window", "last", "full"}
+        BPTT of ``mode="sentence"``: None keeps the model's own (``bptt_truncate``).
+    shuffle : bool
+        Shuffle sentences every epoch (``mode="sentence"``).
+    seed : int
+        Seed of the trainer's :class:`numpy.random.Generator`.
+    checkpoint_path : str, optional
+        Where to write checkpoints; None writes none.
+    checkpoint_every : int
+        Steps (sentences or chunks) between periodic checkpoints; 0 only at evaluations.
+    vocab : Vocabulary, optional
+        Stored in checkpoints so they are self-contained model files.
+    config : dict, optional
+        Extra JSON-able settings stored in checkpoints (e.g. the corpus path and format).
+    progress : bool or None
+        tqdm progress bar; None shows it only on a terminal.
+    verbose : bool
+        Print one line per evaluation (to ``log_file``, default stdout).
+    callback : callable, optional
+        ``callback(model, num_examples_seen, loss)`` after each evaluation, as the tutorial's.
+    eval_train : bool
+        Also evaluate on the whole training set (costs a forward pass over it).
+    """
+
+    def __init__(self, model, X_train, y_train, X_valid=None, y_valid=None, *,
+                 learning_rate=0.005, nepoch=10, evaluate_loss_after=1, mode="sentence",
+                 bptt=35, truncation=None, shuffle=True, seed=0, checkpoint_path=None,
+                 checkpoint_every=1000, vocab=None, config=None, progress=None, verbose=True,
+                 callback=None, eval_train=True, log_file=None):
+        self.model = model
+        U, V, W = model_parameters(model)
+        F.check_params(U, V, W)
+        self.n_words = U.shape[1]
+        self.pairs = _validate.corpus(X_train, y_train, self.n_words)
+        self.valid_pairs = None
+        if X_valid is not None and len(X_valid):
+            self.valid_pairs = _validate.corpus(X_valid, y_valid, self.n_words)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.bptt = _validate.positive_int(bptt, "bptt")
+        if truncation is None:
+            self.truncation = ("last" if hasattr(model.U, "get_value") else "window")
+            self.bptt_truncate = int(model.bptt_truncate)
+        else:
+            self.truncation = truncation
+            self.bptt_truncate = int(getattr(model, "bptt_truncate", 0))
+        _validate.truncation(self.truncation, self.bptt_truncate)
+        self.learning_rate = _validate.finite_scalar(learning_rate, "learning_rate", positive=True)
+        self.nepoch = _validate.positive_int(nepoch, "nepoch", minimum=0)
+        self.evaluate_loss_after = _validate.positive_int(evaluate_loss_after,
+                                                          "evaluate_loss_after")
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.checkpoint_path = os.fspath(checkpoint_path) if checkpoint_path else None
+        self.checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every",
+                                                       minimum=0)
+        if vocab is not None and len(vocab) != self.n_words:
+            raise ValueError(f"vocabulary has {len(vocab)} entries but the model has "
+                             f"{self.n_words} words")
+        self.vocab = vocab
+        self.config = dict(config or {})
+        self.progress = progress
+        self.verbose = verbose
+        self.callback = callback
+        self.eval_train = eval_train
+        self.log_file = log_file
+        self.fingerprint = _fingerprint(self.pairs)
+        self._ws = F.Workspace(U.shape[0], U.shape[1], U.dtype)
+
+        if mode == "stream":
+            self.stream = sentences_to_stream(_pairs_to_sentences(self.pairs))
+            self.valid_stream = (sentences_to_stream(_pairs_to_sentences(self.valid_pairs))
+                                 if self.valid_pairs else None)
+            self.n_steps = len(_chunks(len(self.stream), self.bptt))
+            self.epoch_tokens = max(len(self.stream) - 1, 0)
+        else:
+            self.n_steps = len(self.pairs)
+            self.epoch_tokens = sum(len(y) for _, y in self.pairs)
+
+        # Training state: everything here goes into a checkpoint.
+        self.epoch = 0
+        self.position = 0           # steps done in the current epoch
+        self.phase = "eval"         # "eval" -> "order" -> "train" -> next epoch
+        self.order = None           # sentence order of the current epoch
+        self.h = None               # carried hidden state (stream mode)
+        self.steps = 0              # SGD steps in total
+        self.examples_seen = 0      # sentences (sentence mode) or chunks seen
+        self.tokens_seen = 0
+        self.history = []           # one dict per evaluation
+        self.run_loss = 0.0         # sum of step losses since the last evaluation
+        self.run_tokens = 0
+        self.elapsed = 0.0          # training seconds, over all sessions
+        self.finished = False
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state(self):
+        """The JSON-able training state (what a checkpoint adds to a model file)."""
+        return {
+            "mode": self.mode, "bptt": self.bptt, "truncation": self.truncation,
+            "bptt_truncate": self.bptt_truncate, "learning_rate": self.learning_rate,
+            "nepoch": self.nepoch, "evaluate_loss_after": self.evaluate_loss_after,
+            "shuffle": self.shuffle, "seed": self.seed, "checkpoint_every": self.checkpoint_every,
+            "eval_train": self.eval_train,
+            "rng_state": self.rng.bit_generator.state,
+            "epoch": self.epoch, "position": self.position, "phase": self.phase,
+            "steps": self.steps, "examples_seen": self.examples_seen,
+            "tokens_seen": self.tokens_seen, "history": self.history,
+            "run_loss": self.run_loss, "run_tokens": self.run_tokens,
+            "elapsed": self._current_elapsed(), "finished": self.finished,
+            "data_fingerprint": self.fingerprint, "n_train": len(self.pairs),
+            "n_valid": len(self.valid_pairs) if self.valid_pairs else 0,
+            "has_order": self.order is not None, "has_h": self.h is not None,
+        }
+
+    def save_checkpoint(self, path=None):
+        """Write a checkpoint (atomically) to ``path`` or ``checkpoint_path``."""
+        path = path or self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path given")
+        U, V, W = model_parameters(self.model)
+        for name, a in (("U", U), ("V", V), ("W", W)):
+            if not np.isfinite(a).all():
+                raise TrainingDivergedError(
+                    f"parameter {name} holds non-finite values at epoch {self.epoch} step "
+                    f"{self.steps}; checkpoint not written, the last good one is kept at {path}")
+        arrays = {"U": U, "V": V, "W": W}
+        if self.order is not None:
+            arrays["order"] = self.order
+        if self.h is not None:
+            arrays["h"] = self.h
+        meta = make_meta(self.model, self.vocab, self.config, kind="checkpoint")
+        meta["train"] = self.state()
+        return write_npz(path, arrays, meta)
+
+    @classmethod
+    def resume(cls, path, X_train, y_train, X_valid=None, y_valid=None, backend=None,
+               **overrides):
+        """Continue the run saved in checkpoint ``path`` on the same data.
+
+        ``overrides`` may change presentation and the run length (``nepoch``,
+        ``checkpoint_path``, ``progress``, ``verbose``, ``callback``, ``log_file``,
+        ``checkpoint_every``); anything else is taken from the checkpoint.
+
+        Raises
+        ------
+        ModelFileError
+            ``path`` is not a checkpoint, or the data differ from the checkpointed run's.
+        """
+        path = os.fspath(path)
+        arrays, meta = read_npz(path)
+        if not meta or "train" not in meta:
+            raise ModelFileError(f"{path}: not a fastrnn checkpoint (no training state); "
+                                 f"a model file can be trained further, not resumed")
+        U, V, W = check_parameters(path, arrays)
+        st = meta["train"]
+        try:
+            model = build_model(U, V, W, meta.get("model"), backend)
+            vocab = Vocabulary.from_dict(meta["vocab"]) if meta.get("vocab") else None
+            allowed = {"nepoch", "checkpoint_path", "progress", "verbose", "callback",
+                       "log_file", "checkpoint_every"}
+            bad = set(overrides) - allowed
+            if bad:
+                raise TypeError(f"cannot override {sorted(bad)} when resuming")
+            kw = dict(learning_rate=st["learning_rate"], nepoch=st["nepoch"],
+                      evaluate_loss_after=st["evaluate_loss_after"], mode=st["mode"],
+                      bptt=st["bptt"], truncation=st["truncation"], shuffle=st["shuffle"],
+                      seed=st["seed"], checkpoint_every=st["checkpoint_every"],
+                      eval_train=st["eval_train"], checkpoint_path=path, vocab=vocab,
+                      config=meta.get("config"))
+            kw.update(overrides)
+            model.bptt_truncate = st["bptt_truncate"]
+            tr = cls(model, X_train, y_train, X_valid, y_valid, **kw)
+            tr.bptt_truncate = st["bptt_truncate"]
+            if tr.fingerprint != st["data_fingerprint"]:
+                raise ModelFileError(
+                    f"{path}: the training data differ from the checkpointed run's "
+                    f"({len(tr.pairs)} sentences given, {st['n_train']} in the checkpoint)")
+            n_valid = len(tr.valid_pairs) if tr.valid_pairs else 0
+            if n_valid != st["n_valid"]:
+                raise ModelFileError(f"{path}: {n_valid} validation sentences given, the "
+                                     f"checkpointed run had {st['n_valid']}")
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = st["rng_state"]
+            tr.rng = rng
+            for k in ("epoch", "position", "phase", "steps", "examples_seen", "tokens_seen",
+                      "history", "run_loss", "run_tokens", "elapsed", "finished"):
+                setattr(tr, k, st[k])
+            tr.learning_rate = float(st["learning_rate"])
+            tr.order = arrays["order"].astype(np.intp) if st["has_order"] else None
+            tr.h = np.ascontiguousarray(arrays["h"]) if st["has_h"] else None
+        except KeyError as exc:
+            raise ModelFileError(f"{path}: checkpoint record lacks {exc}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"{path}: corrupt checkpoint: {exc}") from None
+        if tr.order is not None and len(tr.order) != len(tr.pairs):
+            raise ModelFileError(f"{path}: checkpointed order has {len(tr.order)} entries for "
+                                 f"{len(tr.pairs)} sentences")
+        return tr
+
+    def _current_elapsed(self):
+        t0 = getattr(self, "_t_session", None)
+        return self.elapsed + (time.perf_counter() - t0 if t0 is not None else 0.0)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _loss_of(self, pairs, stream):
+        if self.mode == "stream":
+            total, n = stream_loss(self.model, stream, self.bptt, self._ws)
+        else:
+            total, n = sentence_loss(self.model, pairs, self._ws)
+        return total / max(n, 1)
+
+    def evaluate(self):
+        """Evaluate now, append to :attr:`history`, halve the rate if the loss rose."""
+        rec = {"epoch": self.epoch, "steps": self.steps, "examples_seen": self.examples_seen,
+               "tokens_seen": self.tokens_seen, "learning_rate": self.learning_rate}
+        rec["avg_step_loss"] = (self.run_loss / self.run_tokens) if self.run_tokens else None
+        if self.eval_train:
+            rec["train_loss"] = self._loss_of(self.pairs, getattr(self, "stream", None))
+        if self.valid_pairs:
+            vl = self._loss_of(self.valid_pairs, getattr(self, "valid_stream", None))
+            rec["valid_loss"] = vl
+            rec["valid_ppl"] = math.exp(vl) if vl < 700 else math.inf
+        metric = rec.get("valid_loss", rec.get("train_loss", rec["avg_step_loss"]))
+        if metric is not None and not math.isfinite(metric):
+            raise TrainingDivergedError(
+                f"evaluated loss is {metric} at epoch {self.epoch}; "
+                f"{self._kept_msg()}")
+        rec["loss"] = metric
+        self.run_loss = 0.0
+        self.run_tokens = 0
+        prev = [h["loss"] for h in self.history if h.get("loss") is not None]
+        self.history.append(rec)
+        halved = False
+        if metric is not None and prev and metric > prev[-1]:
+            self.learning_rate *= 0.5
+            halved = True
+        if self.verbose:
+            self._print_eval(rec, halved)
+        if self.callback is not None:
+            self.callback(self.model, self.examples_seen, metric)
+        return rec
+
+    def _print_eval(self, rec, halved):
+        parts = [f"Loss after num_examples_seen={rec['examples_seen']} epoch={rec['epoch']}:"]
+        if "train_loss" in rec:
+            parts.append(f"train {rec['train_loss']:f}")
+        if "valid_loss" in rec:
+            parts.append(f"valid {rec['valid_loss']:f} (perplexity {rec['valid_ppl']:.2f})")
+        if "train_loss" not in rec and "valid_loss" not in rec and rec["avg_step_loss"]:
+            parts.append(f"running {rec['avg_step_loss']:f}")
+        out = self.log_file or sys.stdout
+        print(time.strftime("%Y-%m-%d-%H-%M-%S") + ": " + " ".join(parts), file=out)
+        if halved:
+            print(f"Setting learning rate to {self.learning_rate:f}", file=out)
+        out.flush()
+
+    def _kept_msg(self):
+        if self.checkpoint_path and os.path.exists(self.checkpoint_path):
+            return f"the last good checkpoint is kept at {self.checkpoint_path}"
+        return "no checkpoint was written"
+
+    # -- training --------------------------------------------------------------------------
+
+    def _step(self, i):
+        """One SGD step (index ``i`` of the epoch); returns (loss, tokens)."""
+        U, V, W = model_parameters(self.model)
+        be = getattr(self.model, "backend", None)
+        if self.mode == "stream":
+            n = len(self.stream)
+            start = i * self.bptt
+            x = self.stream[start:min(start + self.bptt, n - 1)]
+            y = self.stream[start + 1:start + 1 + len(x)]
+            L, self.h = F.sgd_step(U, V, W, x, y, self.learning_rate, "full", 0, h0=self.h,
+                                   backend=be, ws=self._ws, return_state=True)
+        else:
+            x, y = self.pairs[self.order[i]]
+            L = F.sgd_step(U, V, W, x, y, self.learning_rate, self.truncation,
+                           self.bptt_truncate, backend=be, ws=self._ws)
+        return L, len(y)
+
+    def _new_epoch(self):
+        if self.mode == "sentence":
+            n = len(self.pairs)
+            self.order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        else:
+            self.order = None
+            self.h = None
+
+    def _bar(self):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is a dependency, but training must not need it
+            return None
+        disable = None if self.progress is None else (not self.progress)
+        done = 0
+        if self.position:
+            if self.mode == "stream":
+                done = min(self.position * self.bptt, self.epoch_tokens)
+            else:
+                done = sum(len(self.pairs[j][1]) for j in self.order[:self.position])
+        return tqdm(total=self.epoch_tokens, initial=done, unit="tok", unit_scale=True,
+                    desc=f"epoch {self.epoch + 1}/{self.nepoch}", disable=disable,
+                    leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def train(self, max_steps=None):
+        """Run until ``nepoch`` epochs are done (or ``max_steps`` more steps).
+
+        Returns
+        -------
+        list of dict
+            :attr:`history`: one record per evaluation (``loss`` is the metric used for the
+            learning-rate rule; ``train_loss``, ``valid_loss``, ``valid_ppl`` as computed).
+        """
+        self._t_session = time.perf_counter()
+        budget = math.inf if max_steps is None else int(max_steps)
+        done_now = 0
+        try:
+            while self.epoch < self.nepoch and done_now < budget:
+                if self.phase == "eval":
+                    if self.epoch % self.evaluate_loss_after == 0:
+                        self.evaluate()
+                    self.phase = "order"
+                    if self.checkpoint_path and self.history:
+                        self.save_checkpoint()
+                if self.phase == "order":
+                    self._new_epoch()
+                    self.phase = "train"
+                bar = self._bar()
+                try:
+                    last_post = 0.0
+                    while self.position < self.n_steps and done_now < budget:
+                        L, ntok = self._step(self.position)
+                        if not math.isfinite(L):
+                            raise TrainingDivergedError(
+                                f"loss is {L} at epoch {self.epoch}, step {self.steps} "
+                                f"(learning rate {self.learning_rate:g}); training stopped, "
+                                f"{self._kept_msg()}. Try a smaller learning rate.")
+                        self.position += 1
+                        self.steps += 1
+                        done_now += 1
+                        self.examples_seen += 1
+                        self.tokens_seen += ntok
+                        self.run_loss += L
+                        self.run_tokens += ntok
+                        if bar is not None:
+                            bar.update(ntok)
+                            now = time.perf_counter()
+                            if now - last_post > 0.5:
+                                last_post = now
+                                bar.set_postfix(loss=f"{self.run_loss / self.run_tokens:.3f}",
+                                                lr=f"{self.learning_rate:.2g}", refresh=False)
+                        if (self.checkpoint_path and self.checkpoint_every
+                                and self.steps % self.checkpoint_every == 0):
+                            self.save_checkpoint()
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if self.position >= self.n_steps:
+                    self.epoch += 1
+                    self.position = 0
+                    self.phase = "eval"
+            if self.epoch >= self.nepoch and not self.finished:
+                if not self.history or self.history[-1]["steps"] != self.steps:
+                    self.evaluate()
+                self.finished = True
+                if self.checkpoint_path:
+                    self.save_checkpoint()
+        finally:
+            self.elapsed = self._current_elapsed()
+            self._t_session = None
+        return self.history
+
+    @property
+    def tokens_per_second(self):
+        """Training tokens per second over all sessions (evaluation time included)."""
+        return self.tokens_seen / self.elapsed if self.elapsed > 0 else float("nan")
+
+
+def train_with_sgd(model, X_train, y_train, **kwargs):
+    """Functional shortcut: ``Trainer(model, X_train, y_train, **kwargs).train()``."""
+    return Trainer(model, X_train, y_train, **kwargs).train()
+
+
+def plot_history(history, path, title=None):
+    """Save a PNG of training and validation loss against examples seen (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    xs = [h["examples_seen"] for h in history]
+    for key, label in (("train_loss", "train"), ("valid_loss", "validation"),
+                       ("avg_step_loss", "running (during epoch)")):
+        pts = [(x, h[key]) for x, h in zip(xs, history) if h.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel("cross-entropy (nats per word)")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+__all__ = ["Trainer", "TrainingDivergedError", "evaluate", "plot_history", "train_with_sgd",
+           "sentence_loss", "stream_loss", "FORMAT_VERSION"]

@@ -1,0 +1,34 @@
+"""The backend registry: what exists, what runs, and a loud failure when Cython is required."""
+import os
+
+import pytest
+
+import fastrnn
+from fastrnn import backends
+
+
+def test_backend_info_reports_every_backend_and_the_default():
+    info = fastrnn.backend_info()
+    assert set(info["available"]) | set(info["unavailable"]) == set(backends.BACKEND_ORDER)
+    assert "numpy" in info["available"]
+    first_available = next(n for n in backends.BACKEND_ORDER if n in info["available"])
+    expected = os.environ.get("FASTRNN_BACKEND") or first_available
+    assert info["default"] == expected
+
+
+def test_every_backend_exposes_the_same_rnn_function_table():
+    tables = {}
+    for name in fastrnn.backend_info()["available"]:
+        be = fastrnn.get_backend(name)
+        tables[name] = {k for k in vars(be) if k.startswith("rnn_")}
+    assert all("rnn_sgd" in t and "rnn_grad" in t for t in tables.values())
+    core = {"rnn_forward", "rnn_loss", "rnn_grad", "rnn_sgd"}
+    for name, t in tables.items():
+        assert core <= t, f"{name} lacks {core - t}"
+
+
+@pytest.mark.skipif(os.environ.get("FASTRNN_BUILD_CYTHON", "") in ("", "0"),
+                    reason="only enforced when FASTRNN_BUILD_CYTHON=1 (CI)")
+def test_cython_backend_was_built_when_required():
+    avail = fastrnn.available_backends()
+    assert avail["cython"] is True, f"FASTRNN_BUILD_CYTHON=1 but cython backend unavailable: {avail['cython']}"
