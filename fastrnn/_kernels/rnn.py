@@ -26,6 +26,9 @@ from numba import njit, types
 
 from .._config import MODE_FULL, MODE_LAST, MODE_WINDOW, NUMBA_OPTIONS
 from .blas import gemm
+from .softmax import nll_rows as _nll
+from .softmax import softmax_delta_rows as _softmax_delta
+from .softmax import softmax_rows as _softmax_rows
 
 
 def _signatures(kind):
@@ -61,69 +64,6 @@ def _recurrence(U, W, x, s):
             for j in range(H):
                 acc += W[i, j] * prev[j]
             s[t, i] = np.tanh(acc)
-
-
-@njit(**NUMBA_OPTIONS)
-def _softmax_rows(z):
-    """Rows of ``z`` (logits) become probabilities in place (max-shifted, stable)."""
-    T, V = z.shape
-    for t in range(T):
-        row = z[t]
-        m = row[0]
-        for j in range(1, V):
-            if row[j] > m:
-                m = row[j]
-        total = 0.0
-        for j in range(V):
-            e = np.exp(row[j] - m)
-            row[j] = e
-            total += e
-        inv = 1.0 / total
-        for j in range(V):
-            row[j] *= inv
-
-
-@njit(**NUMBA_OPTIONS)
-def _nll(z, y):
-    """Total -log softmax(z_t)[y_t] from logits, without normalising z (loss-only path)."""
-    T, V = z.shape
-    loss = 0.0
-    for t in range(T):
-        row = z[t]
-        m = row[0]
-        for j in range(1, V):
-            if row[j] > m:
-                m = row[j]
-        total = 0.0
-        for j in range(V):
-            total += np.exp(row[j] - m)
-        loss += np.log(total) + m - row[y[t]]
-    return loss
-
-
-@njit(**NUMBA_OPTIONS)
-def _softmax_delta(z, y, first):
-    """Logits -> Δ = softmax - onehot(y) in place for rows >= first; returns their NLL."""
-    T, V = z.shape
-    loss = 0.0
-    for t in range(first, T):
-        row = z[t]
-        m = row[0]
-        for j in range(1, V):
-            if row[j] > m:
-                m = row[j]
-        zy = row[y[t]]
-        total = 0.0
-        for j in range(V):
-            e = np.exp(row[j] - m)
-            row[j] = e
-            total += e
-        inv = 1.0 / total
-        for j in range(V):
-            row[j] *= inv
-        row[y[t]] -= 1.0
-        loss += np.log(total) + m - zy
-    return loss
 
 
 @njit(**NUMBA_OPTIONS)
