@@ -44,12 +44,19 @@ def _extensions():
                 extra_compile_args=["-O3"],
             )
         )
-    return cythonize(
-        exts,
-        language_level=3,
-        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
-                             "initializedcheck": False},
-    )
+    try:
+        return cythonize(
+            exts,
+            language_level=3,
+            compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
+                                 "initializedcheck": False},
+        )
+    except Exception as exc:  # a .pyx that does not translate
+        if REQUIRE_CYTHON:
+            raise
+        print(f"fastrnn: Cython translation failed ({exc}); building without the Cython backend",
+              file=sys.stderr)
+        return []
 
 
 class OptionalBuildExt(build_ext):

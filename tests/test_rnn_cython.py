@@ -183,3 +183,28 @@ def test_functional_api_backend():
     b = functional.grad(U, Vp, W, x, y, "window", 2, h0=h0, backend="numpy")
     for u, v in zip(a, b):
         _check(u, v, np.float64)
+
+
+@pytest.mark.parametrize("dtype,lo", [(np.float64, -740.0), (np.float32, -100.0)])
+def test_softmax_over_the_whole_exp_range(dtype, lo):
+    """Logits spread over the whole range of exp (the kernels use their own vectorised exp)."""
+    V = 20001
+    U = np.full((1, V), 20.0)                      # s_0 = tanh(20) == 1.0 exactly in f32 and f64
+    W = np.zeros((1, 1))
+    Vp = np.linspace(lo, 0.0, V)[:, None]          # logits z = Vp in [lo, 0], exact
+    Vp[V // 3] = 3.0                               # max not at an end: shifts everything by -3
+    x = np.array([0], dtype=np.intp)
+    args = _cast((U, Vp, W), dtype)
+    s, o = np.zeros((2, 1), dtype), np.empty((1, V), dtype)
+    cy.rnn_forward(*args, x, s, o)
+    R = _cast(args, np.float64)
+    rs, ro = np.zeros((2, 1)), np.empty((1, V))
+    reference.rnn_forward(*R, x, rs, ro)
+    tiny = np.finfo(dtype).tiny
+    if dtype == np.float64:
+        np.testing.assert_allclose(o, ro, rtol=1e-13, atol=tiny)
+    else:
+        # float32 rounds the argument z - max z itself: relative error ~ |z - max z| eps
+        tol = 2 * np.finfo(np.float32).eps * (np.abs(R[1][:, 0] - 3.0) + 4.0) * ro[0] + tiny
+        assert np.all(np.abs(o[0] - ro[0]) <= tol)
+    assert np.all(o >= 0)
