@@ -52,6 +52,15 @@ def _fsync_dir(dirname):
         os.close(fd)
 
 
+def _file_mode(path):
+    try:
+        return os.stat(path).st_mode & 0o7777        # keep an existing file's mode
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write(path, write):
     """Write a file atomically: ``write(fileobj)`` fills a temporary file that replaces ``path``.
 
@@ -63,6 +72,8 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(dir=dirname, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -92,7 +103,8 @@ def write_npz(path, arrays, meta=None):
     path = _npz_path(path)
     arrays = dict(arrays)
     if meta is not None:
-        raw = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        # allow_nan: a perplexity can overflow to inf (written as Infinity, read back by json)
+        raw = json.dumps(meta, ensure_ascii=False, allow_nan=True).encode("utf-8")
         arrays[META_KEY] = np.frombuffer(raw, dtype=np.uint8)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -294,6 +306,7 @@ class LoadedModel(tuple):
 
 
 def make_meta(model, vocab=None, config=None, kind="model"):
+    """The ``__fastrnn__`` record of a model file: format version, kind, model, vocab, config."""
     return {"format_version": FORMAT_VERSION, "kind": kind, "model": model_config(model),
             "vocab": vocab.to_dict() if vocab is not None else None,
             "config": dict(config or {})}

@@ -51,7 +51,7 @@ UNKNOWN_TOKEN = "UNKNOWN_TOKEN"
 EOS = "<eos>"
 UNK = "<unk>"
 
-#: Tokenizer version recorded in vocabularies, so that a model file says how its text was cut.
+#: Corpus formats understood by :func:`load_corpus`.
 FORMATS = ("csv", "text", "lines", "chars")
 
 
@@ -292,6 +292,7 @@ class Vocabulary:
 
     @property
     def unknown_index(self):
+        """Index of the unknown token (``N - 1`` for a built vocabulary)."""
         return self.word_to_index[self.unknown_token]
 
     def encode(self, tokens):
@@ -312,21 +313,25 @@ class Vocabulary:
         return out
 
     def to_dict(self):
+        """JSON-able record: ``index_to_word``, ``unknown_token``, ``kind``."""
         return {"index_to_word": self.index_to_word, "unknown_token": self.unknown_token,
                 "kind": self.kind}
 
     @classmethod
     def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on a malformed record."""
         try:
             return cls(d["index_to_word"], d["unknown_token"], d.get("kind", "words"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a vocabulary record: {exc!r}") from None
 
     def to_json(self):
+        """The :meth:`to_dict` record as a JSON string (UTF-8 text, not escaped)."""
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, s):
+        """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(s))
 
     def save(self, path):
@@ -338,6 +343,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path):
+        """Read a vocabulary written by :meth:`save`."""
         return cls.from_json(read_text(path))
 
 

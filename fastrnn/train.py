@@ -139,6 +139,20 @@ def evaluate(model, X, y=None, mode="sentence", bptt=35):
             "tokens": n}
 
 
+def evaluate_file(model, vocab, path, fmt="auto", mode="sentence", bptt=35, **read_kw):
+    """:func:`evaluate` on a corpus file read with the model's vocabulary.
+
+    ``fmt`` and ``read_kw`` go to :func:`fastrnn.text.load_corpus`; words outside the
+    vocabulary count as its unknown token, as in training.
+    """
+    from .text import load_corpus
+
+    if fmt == "auto":
+        fmt = {"lines": "lines", "chars": "chars"}.get(vocab.kind, "auto")
+    corpus = load_corpus(path, fmt, len(vocab), vocab, **read_kw)
+    return evaluate(model, corpus, mode=mode, bptt=bptt)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -255,7 +269,8 @@ class Trainer:
         self.history = []           # one dict per evaluation
         self.run_loss = 0.0         # sum of step losses since the last evaluation
         self.run_tokens = 0
-        self.elapsed = 0.0          # training seconds, over all sessions
+        self.elapsed = 0.0          # seconds of train(), over all sessions
+        self.train_seconds = 0.0    # seconds of SGD steps only (no evaluation/checkpoints)
         self.finished = False
 
     # -- state -----------------------------------------------------------------------------
@@ -273,7 +288,8 @@ class Trainer:
             "steps": self.steps, "examples_seen": self.examples_seen,
             "tokens_seen": self.tokens_seen, "history": self.history,
             "run_loss": self.run_loss, "run_tokens": self.run_tokens,
-            "elapsed": self._current_elapsed(), "finished": self.finished,
+            "elapsed": self._current_elapsed(), "train_seconds": self.train_seconds,
+            "finished": self.finished,
             "data_fingerprint": self.fingerprint, "n_train": len(self.pairs),
             "n_valid": len(self.valid_pairs) if self.valid_pairs else 0,
             "has_order": self.order is not None, "has_h": self.h is not None,
@@ -352,6 +368,7 @@ class Trainer:
             for k in ("epoch", "position", "phase", "steps", "examples_seen", "tokens_seen",
                       "history", "run_loss", "run_tokens", "elapsed", "finished"):
                 setattr(tr, k, st[k])
+            tr.train_seconds = float(st.get("train_seconds", 0.0))
             tr.learning_rate = float(st["learning_rate"])
             tr.order = arrays["order"].astype(np.intp) if st["has_order"] else None
             tr.h = np.ascontiguousarray(arrays["h"]) if st["has_h"] else None
@@ -484,10 +501,13 @@ class Trainer:
         self._t_session = time.perf_counter()
         budget = math.inf if max_steps is None else int(max_steps)
         done_now = 0
+        if self.epoch < self.nepoch:
+            self.finished = False           # a finished run resumed with more epochs
         try:
             while self.epoch < self.nepoch and done_now < budget:
                 if self.phase == "eval":
-                    if self.epoch % self.evaluate_loss_after == 0:
+                    already = bool(self.history) and self.history[-1]["steps"] == self.steps
+                    if self.epoch % self.evaluate_loss_after == 0 and not already:
                         self.evaluate()
                     self.phase = "order"
                     if self.checkpoint_path and self.history:
@@ -498,6 +518,7 @@ class Trainer:
                 bar = self._bar()
                 try:
                     last_post = 0.0
+                    t_steps = time.perf_counter()
                     while self.position < self.n_steps and done_now < budget:
                         L, ntok = self._step(self.position)
                         if not math.isfinite(L):
@@ -521,8 +542,12 @@ class Trainer:
                                                 lr=f"{self.learning_rate:.2g}", refresh=False)
                         if (self.checkpoint_path and self.checkpoint_every
                                 and self.steps % self.checkpoint_every == 0):
+                            t_ck = time.perf_counter()
+                            self.train_seconds += t_ck - t_steps
                             self.save_checkpoint()
+                            t_steps = time.perf_counter()
                 finally:
+                    self.train_seconds += time.perf_counter() - t_steps
                     if bar is not None:
                         bar.close()
                 if self.position >= self.n_steps:
@@ -542,8 +567,12 @@ class Trainer:
 
     @property
     def tokens_per_second(self):
-        """Training tokens per second over all sessions (evaluation time included)."""
-        return self.tokens_seen / self.elapsed if self.elapsed > 0 else float("nan")
+        """Training tokens per second of SGD steps, over all sessions.
+
+        Evaluation, checkpoints and callbacks are not counted; the progress bar's rate
+        includes the bar's own overhead only.
+        """
+        return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else float("nan")
 
 
 def train_with_sgd(model, X_train, y_train, **kwargs):
@@ -581,5 +610,6 @@ def plot_history(history, path, title=None):
     return path
 
 
-__all__ = ["Trainer", "TrainingDivergedError", "evaluate", "plot_history", "train_with_sgd",
+__all__ = ["Trainer", "TrainingDivergedError", "evaluate", "evaluate_file", "plot_history",
+           "train_with_sgd",
            "sentence_loss", "stream_loss", "FORMAT_VERSION"]

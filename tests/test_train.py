@@ -1,0 +1,336 @@
+"""Training loops, evaluation, checkpoints, resume (including after a real SIGKILL)."""
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import RNNNumpy, RNNTheano, io
+from fastrnn import functional as F
+from fastrnn.text import Vocabulary
+from fastrnn.train import Trainer, TrainingDivergedError, evaluate, plot_history
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+
+
+def _corpus(V=30, n=60, seed=0, lo=3, hi=12):
+    """Sentences from a tiny Markov chain, so that there is something to learn."""
+    rng = np.random.default_rng(seed)
+    trans = rng.dirichlet(np.full(V, 0.1), size=V)
+    X, Y = [], []
+    for _ in range(n):
+        T = int(rng.integers(lo, hi))
+        s = [0]
+        for _ in range(T):
+            s.append(int(rng.choice(V, p=trans[s[-1]])))
+        X.append(np.array(s[:-1]))
+        Y.append(np.array(s[1:]))
+    return X, Y
+
+
+def _model(V=30, H=8, cls=RNNNumpy, seed=10, **kw):
+    np.random.seed(seed)
+    return cls(V, H, **kw)
+
+
+def _params(m):
+    return [np.array(a) for a in io.model_parameters(m)]
+
+
+def test_sentence_mode_matches_the_tutorial_loop():
+    """No shuffle, no validation, the model's own truncation: tutorial's train_with_sgd."""
+    X, Y = _corpus()
+    a, b = _model(), _model()
+    hist_a = a.train_with_sgd(X, Y, learning_rate=0.05, nepoch=4, evaluate_loss_after=2,
+                              verbose=False)
+    tr = Trainer(b, X, Y, learning_rate=0.05, nepoch=4, evaluate_loss_after=2, shuffle=False,
+                 verbose=False, progress=False)
+    hist_b = tr.train()
+    for p, q in zip(_params(a), _params(b)):
+        np.testing.assert_array_equal(p, q)
+    assert [h[1] for h in hist_a] == [h["train_loss"] for h in hist_b[:len(hist_a)]]
+    assert hist_b[-1]["train_loss"] < hist_b[0]["train_loss"]
+
+
+@pytest.mark.parametrize("cls", [RNNNumpy, RNNTheano])
+def test_loss_falls_with_validation(cls):
+    X, Y = _corpus(n=80)
+    m = _model(cls=cls)
+    tr = Trainer(m, X[:70], Y[:70], X[70:], Y[70:], learning_rate=0.1, nepoch=5,
+                 verbose=False, progress=False)
+    h = tr.train()
+    assert h[-1]["valid_loss"] < h[0]["valid_loss"] - 0.3
+    assert math.isclose(h[-1]["valid_ppl"], math.exp(h[-1]["valid_loss"]))
+    assert tr.tokens_seen == 5 * sum(len(y) for y in Y[:70])
+
+
+def test_stream_mode_is_chunked_tbptt_with_carried_state():
+    X, Y = _corpus(n=20)
+    m, ref = _model(), _model()
+    tr = Trainer(m, X, Y, learning_rate=0.05, nepoch=1, mode="stream", bptt=7,
+                 verbose=False, progress=False)
+    tr.train()
+    stream = tr.stream
+    from fastrnn.text import sentences_to_stream
+    expect = sentences_to_stream([np.append(x, y[-1]) for x, y in zip(X, Y)])
+    np.testing.assert_array_equal(stream, expect)
+    U, V, W = ref.U, ref.V, ref.W
+    h = None
+    for i in range(0, len(stream) - 1, 7):
+        x = stream[i:min(i + 7, len(stream) - 1)]
+        y = stream[i + 1:i + 1 + len(x)]
+        _, h = F.sgd_step(U, V, W, x, y, 0.05, "full", h0=h, return_state=True)
+    for p, q in zip(_params(m), (U, V, W)):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_shuffle_is_seeded():
+    X, Y = _corpus()
+    runs = []
+    for seed in (1, 1, 2):
+        m = _model()
+        Trainer(m, X, Y, learning_rate=0.05, nepoch=2, seed=seed, verbose=False,
+                progress=False).train()
+        runs.append(_params(m))
+    assert all(np.array_equal(p, q) for p, q in zip(runs[0], runs[1]))
+    assert not np.array_equal(runs[0][2], runs[2][2])
+
+
+def test_learning_rate_halves_when_the_loss_rises():
+    X, Y = _corpus(n=40)
+    m = _model(H=16)
+    tr = Trainer(m, X, Y, learning_rate=3.0, nepoch=8, verbose=False, progress=False)
+    h = tr.train()
+    halvings = 0
+    for i in range(1, len(h)):
+        rose = h[i]["loss"] > h[i - 1]["loss"]
+        after = h[i + 1]["learning_rate"] if i + 1 < len(h) else tr.learning_rate
+        assert after == (h[i]["learning_rate"] * 0.5 if rose else h[i]["learning_rate"])
+        halvings += rose
+    assert halvings >= 1
+
+
+def test_evaluate_matches_calculate_loss():
+    X, Y = _corpus()
+    m = _model()
+    r = evaluate(m, X, Y)
+    assert r["loss"] == pytest.approx(m.calculate_loss(X, Y), rel=1e-12)
+    assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    assert r["tokens"] == sum(len(y) for y in Y)
+    s = evaluate(m, X, Y, mode="stream", bptt=5)
+    from fastrnn.text import sentences_to_stream
+    n_stream = len(sentences_to_stream([np.append(x, y[-1]) for x, y in zip(X, Y)]))
+    assert s["tokens"] == n_stream - 1 and s["loss"] != r["loss"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@pytest.mark.parametrize("mode", ["sentence", "stream"])
+@pytest.mark.parametrize("stop", [0, 1, 37, 60, 61, 150])
+def test_resume_in_process_equals_uninterrupted(tmp_path, mode, stop):
+    X, Y = _corpus(n=70)
+    kw = dict(learning_rate=0.2, nepoch=3, mode=mode, bptt=6, seed=5, verbose=False,
+              progress=False, checkpoint_every=0)
+    full = _model()
+    t_full = Trainer(full, X[:60], Y[:60], X[60:], Y[60:], **kw)
+    t_full.train()
+    part = _model()
+    ck = str(tmp_path / "ck.npz")
+    t1 = Trainer(part, X[:60], Y[:60], X[60:], Y[60:], checkpoint_path=ck, **kw)
+    t1.train(max_steps=stop)
+    t1.save_checkpoint()
+    t2 = Trainer.resume(ck, X[:60], Y[:60], X[60:], Y[60:], verbose=False, progress=False)
+    t2.train()
+    for p, q in zip(_params(full), _params(t2.model)):
+        np.testing.assert_array_equal(p, q)
+    strip = [{k: v for k, v in h.items()} for h in t2.history]
+    assert [h["loss"] for h in strip] == [h["loss"] for h in t_full.history]
+    assert t2.learning_rate == t_full.learning_rate and t2.steps == t_full.steps
+
+
+def test_checkpoint_is_a_model_file(tmp_path):
+    X, Y = _corpus()
+    vocab = Vocabulary([f"w{i}" for i in range(29)] + ["UNKNOWN_TOKEN"])
+    m = _model(cls=RNNTheano, bptt_truncate=3)
+    ck = str(tmp_path / "ck.npz")
+    Trainer(m, X, Y, nepoch=1, checkpoint_path=ck, vocab=vocab, config={"corpus": "c"},
+            verbose=False, progress=False).train()
+    model, v, cfg = io.load_model(ck)
+    assert v == vocab and cfg == {"corpus": "c"} and isinstance(model, RNNTheano)
+    np.testing.assert_array_equal(model.U.get_value(), m.U.get_value())
+    t = RNNTheano(3, 2)
+    io.load_model_parameters_theano(ck, t)            # the tutorial's loader reads it too
+    with pytest.raises(ValueError, match="differ"):
+        Trainer.resume(ck, X[:-1], Y[:-1])
+    plain = str(tmp_path / "plain.npz")
+    io.save_model(plain, m)
+    with pytest.raises(ValueError, match="not a fastrnn checkpoint"):
+        Trainer.resume(plain, X, Y)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    X, Y = _corpus()
+    m = _model()
+    ck = str(tmp_path / "ck.npz")
+    calls = [0]
+    orig = F.sgd_step
+
+    def overflowing_step(U, V, W, *a, **k):
+        calls[0] += 1
+        if calls[0] == 95:                    # as if this update had overflowed
+            V[3, 2] = np.nan
+        return orig(U, V, W, *a, **k)
+
+    monkeypatch.setattr(F, "sgd_step", overflowing_step)
+    tr = Trainer(m, X, Y, nepoch=4, checkpoint_path=ck, checkpoint_every=10,
+                 verbose=False, progress=False)
+    with pytest.raises(TrainingDivergedError, match="loss is nan.*last good checkpoint"):
+        tr.train()
+    before = open(ck, "rb").read()
+    with pytest.raises(TrainingDivergedError, match="non-finite"):
+        tr.save_checkpoint()                # never overwrites a good checkpoint with NaN
+    assert open(ck, "rb").read() == before
+    model, _, _ = io.load_model(ck)         # finite, loadable, resumable
+    assert np.isfinite(model.V).all()
+    t2 = Trainer.resume(ck, X, Y, verbose=False, progress=False)
+    assert t2.steps == 90
+
+
+def test_nan_at_an_evaluation_is_caught_before_the_checkpoint(tmp_path):
+    X, Y = _corpus()
+    ck = str(tmp_path / "ck.npz")
+
+    def poison(model, seen, loss):
+        if seen > 0:
+            model.V[3, 2] = np.inf
+
+    tr = Trainer(_model(), X, Y, nepoch=3, checkpoint_path=ck, checkpoint_every=0,
+                 callback=poison, verbose=False, progress=False)
+    with pytest.raises(TrainingDivergedError, match="non-finite.*last good one is kept"):
+        tr.train()
+    assert np.isfinite(io.load_model(ck).model.V).all()
+
+
+def test_divergence_from_a_huge_learning_rate(tmp_path):
+    X, Y = _corpus()
+    m = _model()
+    tr = Trainer(m, X, Y, learning_rate=1e306, nepoch=2, verbose=False, progress=False)
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError):
+        tr.train()
+
+
+def test_plot_history(tmp_path):
+    X, Y = _corpus()
+    tr = Trainer(_model(), X[:50], Y[:50], X[50:], Y[50:], nepoch=2, verbose=False,
+                 progress=False)
+    tr.train()
+    p = plot_history(tr.history, str(tmp_path / "loss.png"))
+    assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- real kill
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import fastrnn.functional as F
+    from fastrnn import RNNNumpy, io
+    from fastrnn.train import Trainer
+    sys.path.insert(0, {testdir!r})
+    from test_train import _corpus
+
+    action, mode, ckpt, out, slow = sys.argv[1:6]
+    if slow == "1":                      # make the run long enough to be killed mid-way
+        _orig = F.sgd_step
+        def _slow(*a, **k):
+            time.sleep(0.002)
+            return _orig(*a, **k)
+        F.sgd_step = _slow
+    X, Y = _corpus(V=40, n=170, seed=3)
+    kw = dict(verbose=False, progress=False)
+    if action == "start":
+        np.random.seed(10)
+        m = RNNNumpy(40, 12, bptt_truncate=3)
+        tr = Trainer(m, X[:150], Y[:150], X[150:], Y[150:], learning_rate=0.1, nepoch=5,
+                     mode=mode, bptt=9, seed=7, checkpoint_path=ckpt, checkpoint_every=25, **kw)
+    else:
+        tr = Trainer.resume(ckpt, X[:150], Y[:150], X[150:], Y[150:], **kw)
+    tr.train()
+    io.save_model(out, tr.model)
+""")
+
+
+@pytest.mark.parametrize("mode", ["sentence", "stream"])
+def test_sigkill_and_resume_gives_the_same_weights(tmp_path, mode):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(testdir=os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               NUMBA_NUM_THREADS="1")
+
+    def run(*args):
+        subprocess.run([sys.executable, str(script), *args], env=env, check=True,
+                       timeout=120, capture_output=True)
+
+    ref_ck, ref_out = str(tmp_path / "ref.npz"), str(tmp_path / "ref_model.npz")
+    run("start", mode, ref_ck, ref_out, "0")
+
+    ck, out = str(tmp_path / "ck.npz"), str(tmp_path / "model.npz")
+    proc = subprocess.Popen([sys.executable, str(script), "start", mode, ck, out, "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ck):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint written in 60 s"
+            time.sleep(0.01)
+        delay = random.uniform(0.0, 1.0)
+        time.sleep(delay)
+        assert proc.poll() is None, f"run finished before the kill (delay {delay:.3f} s)"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(out)
+    _, _, _ = io.load_model(ck)                     # the checkpoint on disk is whole
+    run("resume", mode, ck, out, "0")
+    a, _, _ = io.load_model(ref_out)
+    b, _, _ = io.load_model(out)
+    for p, q in zip(_params(a), _params(b)):
+        np.testing.assert_array_equal(p, q, err_msg=f"killed after {delay:.3f} s")
+
+
+def test_finished_run_can_be_extended(tmp_path):
+    X, Y = _corpus()
+    ck = str(tmp_path / "ck.npz")
+    t1 = Trainer(_model(), X, Y, nepoch=2, checkpoint_path=ck, verbose=False, progress=False)
+    t1.train()
+    n_hist = len(t1.history)
+    t2 = Trainer.resume(ck, X, Y, nepoch=3, verbose=False, progress=False)
+    assert t2.train() and t2.epoch == 3 and t2.finished
+    assert len(t2.history) == n_hist + 1           # no duplicate evaluation at epoch 2
+    assert io.load_model(ck).model.U.shape == (8, 30)
+
+
+def test_evaluate_file(tmp_path):
+    from fastrnn.text import load_text
+    from fastrnn.train import evaluate_file
+
+    p = tmp_path / "t.txt"
+    p.write_text("The cat sat. The dog ran home.\n\nA cat ran.\n")
+    c = load_text(str(p), 20)
+    np.random.seed(0)
+    m = RNNNumpy(len(c.vocab), 5)
+    r = evaluate_file(m, c.vocab, str(p))
+    assert r["loss"] == pytest.approx(m.calculate_loss(c.X, c.y))
+    assert r["tokens"] == c.n_tokens
