@@ -328,15 +328,15 @@ class RNNKeras:
             raise ValueError(f"expected 5 arrays (kernel, recurrent_kernel, bias, dense kernel, "
                              f"dense bias), got {len(weights)}")
         vals = []
-        for name, w in zip(names, weights):
+        for k, (name, w) in enumerate(zip(names, weights)):
             w = np.asarray(w)
-            w = w.T if w.ndim == 2 else w
-            if w.shape != p[name].shape:
-                raise ValueError(f"{name}: expected shape {p[name].shape[::-1] if w.ndim == 2 else p[name].shape} "
-                                 f"in Keras layout, got {w.T.shape if w.ndim == 2 else w.shape}")
-            if not np.isfinite(w).all():
-                raise ValueError(f"{name} holds non-finite values")
-            vals.append(w)
+            want = p[name].shape[::-1]                  # Keras stores the transposes
+            if w.shape != want:
+                raise ValueError(f"weights[{k}] ({name}) must have shape {want} in Keras's "
+                                 f"layout, got {w.shape}")
+            if w.dtype.kind not in "fiu" or not np.isfinite(w).all():
+                raise ValueError(f"weights[{k}] ({name}) must be finite numbers")
+            vals.append(w.T)
         for name, w in zip(names, vals):
             p[name][...] = w
 

@@ -270,3 +270,29 @@ def test_gates_scalar():
     assert KC.gate_grad(0.7, True) == pytest.approx(0.2) and KC.gate_grad(1.0, True) == 0.0
     x = np.array([-800.0, -1.0, 0.0, 2.0, 800.0])
     np.testing.assert_allclose(R.layers.sigmoid(x), [KC.sigmoid(v) for v in x], rtol=1e-15)
+
+
+def test_float32_vector_activations():
+    """The vectorised float32 exp/tanh/sigmoid stay within a few float32 ulps of libm."""
+    x = np.concatenate([np.linspace(-20, 20, 40001), [0.0, 1e-30, -1e-8, 0.2499999, 0.25,
+                                                      100.0, -100.0, 1e4, -1e4]]).astype(np.float32)
+    ib = np.empty(x.size, np.int32)
+    out = np.empty_like(x)
+    x64 = x.astype(np.float64)
+    KC.tanh_row(x, out, ib)
+    ref = np.tanh(x64)
+    assert np.all(np.abs(out - ref) <= 1e-6 * np.abs(ref) + 1e-38)
+    KC.gate_row(x, out, False, ib)
+    ref = 0.5 * (1.0 + np.tanh(0.5 * x64))       # sigmoid without overflow warnings
+    assert np.all(np.isfinite(out))
+    big = ref > 1e-30
+    assert np.all(np.abs(out - ref)[big] <= 1e-6 * ref[big])
+    assert np.all(out[~big] < 1e-30)
+    e = np.empty_like(x)
+    y = np.linspace(-80, 80, 1001).astype(np.float32)
+    KC.exp_f32(y, e[:y.size], ib)
+    np.testing.assert_allclose(e[:y.size], np.exp(y.astype(np.float64)), rtol=2e-7)
+    # float64 rows use libm: identical to NumPy to rounding
+    out64 = np.empty_like(x64)
+    KC.tanh_row(x64, out64, ib)
+    np.testing.assert_allclose(out64, np.tanh(x64), rtol=1e-15, atol=0)

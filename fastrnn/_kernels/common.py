@@ -1,5 +1,9 @@
 """Shared Numba math for the layer kernels: gates and the fused softmax + NLL + gradient.
 
+Caution for development: Numba's on-disk cache of a kernel module does not notice edits
+to the functions it calls from *this* module (they are compiled into the caller).  After
+editing this file, clear ``fastrnn/_kernels/__pycache__`` (or set ``FASTRNN_NO_CACHE=1``).
+
 Gate activations
 ----------------
 ``sigmoid(x)``
@@ -16,14 +20,35 @@ kinks at ``x = +-2.5`` take the one-sided value 0, as Theano and Keras do).
 Output layer
 ------------
 :func:`softmax_xent` turns logits ``Z (N, V)`` (rows = flattened time x batch) into the
-masked cross-entropy and, in place, its gradient ``dL/dZ``; one pass over each row reads
-the logits three times and writes them once, and never stores probabilities apart.
+masked cross-entropy and, in place, its gradient ``dL/dZ``, row by row, never storing
+probabilities apart; the exponentials come from the vectorised, float64-accurate
+:func:`fastrnn._kernels.softmax.exp_shifted`.
 """
 import math
 
-from numba import njit
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
 
 from .._config import NUMBA_OPTIONS
+from .softmax import exp_shifted, row_max
+
+
+def signatures(pattern, ret=None):
+    """Explicit float64 and float32 signatures, so each public kernel compiles (or loads from
+    the on-disk cache) at import for exactly these two specialisations, C-contiguous.
+
+    ``pattern`` has one code per argument: ``1``/``2``/``3`` a C-contiguous float array of
+    that many dimensions (the specialisation's dtype), ``b`` a bool, ``i`` a C-contiguous
+    ``intp`` vector, ``s`` a float64 scalar.  ``ret`` is ``None`` (void) or ``"s"``.
+    """
+    out = []
+    for f in (types.float64, types.float32):
+        code = {"1": f[::1], "2": f[:, ::1], "3": f[:, :, ::1], "b": types.boolean,
+                "i": types.intp[::1], "s": types.float64}
+        args = [code[c] for c in pattern.split()]
+        out.append((types.float64 if ret == "s" else types.void)(*args))
+    return out
 
 
 @njit(**NUMBA_OPTIONS)
@@ -64,7 +89,132 @@ def gate_grad(y, hard):
     return y * (1.0 - y)
 
 
+# ----------------------------------------------------------------------------- vector gates
+#
+# The kernels apply the activations a row at a time.  In float64 they call libm per
+# element (the same functions as the NumPy reference, so results agree to ~1e-15).  In
+# float32 a scalar ``expf``/``tanhf`` call per element made the Numba kernels twice as
+# slow as NumPy's SIMD ufuncs (measured: LSTM layer forward at T=20, B=20, H=200, 10.8 ms
+# vs 5.7 ms CPU), so float32 uses an exp that LLVM vectorises: Cody-Waite range reduction,
+# a degree-6 polynomial and the exponent assembled in an int32 buffer (``ib``), max
+# relative error 6e-8 (float32's epsilon) -- measured 3 ns vs 9 ns per element.
+
+_F = np.float32
+
+
 @njit(**NUMBA_OPTIONS)
+def exp_f32(x, out, ib):
+    """``out[:n] = exp(x[:n])`` for float32 vectors (``out`` may be ``x``); ``ib`` int32 scratch.
+
+    Inputs are clamped to ``[-87.3, 88.7]``: below, the result is 1.2e-38 instead of a
+    denormal or 0; above, ``inf`` (as ``expf``).
+    """
+    n = x.shape[0]
+    for i in range(n):
+        v = min(max(x[i], _F(-87.3)), _F(88.7))
+        k = np.floor(v * _F(1.44269504) + _F(0.5))
+        r = v - k * _F(0.693359375) - k * _F(-2.12194440e-4)
+        p = _F(1.9875691500e-4)
+        p = p * r + _F(1.3981999507e-3)
+        p = p * r + _F(8.3334519073e-3)
+        p = p * r + _F(4.1665795894e-2)
+        p = p * r + _F(1.6666665459e-1)
+        p = p * r + _F(5.0000001201e-1)
+        out[i] = p * r * r + r + _F(1.0)
+        ib[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    scale = ib[:n].view(np.float32)
+    for i in range(n):
+        out[i] *= scale[i]
+
+
+@njit(**NUMBA_OPTIONS)
+def _gate_row_f32(src, dst, hard, ib):
+    n = src.shape[0]
+    if hard:
+        for i in range(n):
+            dst[i] = min(max(src[i] * _F(0.2) + _F(0.5), _F(0.0)), _F(1.0))
+    else:
+        for i in range(n):
+            dst[i] = -src[i]
+        exp_f32(dst, dst, ib)
+        for i in range(n):
+            dst[i] = _F(1.0) / (_F(1.0) + dst[i])
+
+
+@njit(**NUMBA_OPTIONS)
+def _gate_row_f64(src, dst, hard, ib):
+    n = src.shape[0]
+    if hard:
+        for i in range(n):
+            dst[i] = min(max(src[i] * 0.2 + 0.5, 0.0), 1.0)
+    else:
+        for i in range(n):
+            dst[i] = sigmoid(src[i])
+
+
+@njit(**NUMBA_OPTIONS)
+def _tanh_row_f32(src, dst, ib):
+    n = src.shape[0]
+    for i in range(n):
+        dst[i] = src[i] + src[i]
+    exp_f32(dst, dst, ib)
+    for i in range(n):
+        x = src[i]
+        big = _F(1.0) - _F(2.0) / (dst[i] + _F(1.0))
+        x2 = x * x
+        small = x * (_F(1.0) + x2 * (_F(-1.0 / 3.0) + x2 * (_F(2.0 / 15.0) + x2 * (
+            _F(-17.0 / 315.0) + x2 * _F(62.0 / 2835.0)))))
+        dst[i] = small if abs(x) < _F(0.25) else big
+
+
+@njit(**NUMBA_OPTIONS)
+def _tanh_row_f64(src, dst, ib):
+    for i in range(src.shape[0]):
+        dst[i] = math.tanh(src[i])
+
+
+def gate_row(src, dst, hard, ib):
+    """``dst = sigmoid(src)`` or ``hard_sigmoid(src)`` for vectors (``dst`` may be ``src``).
+
+    float32 uses :func:`exp_f32` (max relative error 1.5e-7 measured over [-20, 20]);
+    float64 calls libm per element.  ``ib``: int32 scratch at least as long as ``src``.
+    """
+    if src.dtype == np.float32:
+        _gate_row_f32(src, dst, hard, ib)
+    else:
+        _gate_row_f64(src, dst, hard, ib)
+
+
+def tanh_row(src, dst, ib):
+    """``dst = tanh(src)`` for vectors; ``dst`` must not overlap ``src``.
+
+    float32: ``1 - 2 / (exp(2x) + 1)``, and for ``|x| < 0.25`` (where that formula loses
+    relative accuracy) the odd Taylor series to ``x**9``; max relative error 4.4e-7
+    measured over [-20, 20].  float64: libm per element.
+    """
+    if src.dtype == np.float32:
+        _tanh_row_f32(src, dst, ib)
+    else:
+        _tanh_row_f64(src, dst, ib)
+
+
+# Inside compiled code the dtype is known at compile time: each kernel specialisation
+# compiles only its own branch (compiling both doubled the cold start).
+@overload(gate_row, jit_options=NUMBA_OPTIONS)
+def _ov_gate_row(src, dst, hard, ib):
+    if src.dtype == types.float32:
+        return lambda src, dst, hard, ib: _gate_row_f32(src, dst, hard, ib)
+    return lambda src, dst, hard, ib: _gate_row_f64(src, dst, hard, ib)
+
+
+@overload(tanh_row, jit_options=NUMBA_OPTIONS)
+def _ov_tanh_row(src, dst, ib):
+    if src.dtype == types.float32:
+        return lambda src, dst, ib: _tanh_row_f32(src, dst, ib)
+    return lambda src, dst, ib: _tanh_row_f64(src, dst, ib)
+
+
+@njit(signatures("2 i 1 s", ret="s"), **NUMBA_OPTIONS)
 def softmax_xent(Z, y, mask, scale):
     """Masked softmax cross-entropy of the rows of ``Z``; overwrites ``Z`` with its gradient.
 
@@ -84,8 +234,16 @@ def softmax_xent(Z, y, mask, scale):
     -------
     float
         ``L = -sum_n mask[n] * log softmax(Z[n])[y[n]]`` (unscaled), accumulated in float64.
+
+    Notes
+    -----
+    The exponentials use :func:`fastrnn._kernels.softmax.exp_shifted` (vectorised,
+    float64-accurate, fixed-order sum): a libm call per element would cost about 6 ns x
+    ``N V`` (25 ms at N=400, V=10000).
     """
     N, V = Z.shape
+    pbuf = np.empty(V, np.float64)
+    nbuf = np.empty(V, np.float64)
     loss = 0.0
     for n in range(N):
         row = Z[n]
@@ -93,17 +251,10 @@ def softmax_xent(Z, y, mask, scale):
             for v in range(V):
                 row[v] = 0.0
             continue
-        m = row[0]
-        for v in range(1, V):
-            if row[v] > m:
-                m = row[v]
-        s = 0.0
-        for v in range(V):
-            e = math.exp(row[v] - m)
-            row[v] = e
-            s += e
-        # log softmax at the target: z_y - m - log(s); row[y] holds exp(z_y - m).
-        loss -= math.log(row[y[n]]) - math.log(s)
+        m = row_max(row)
+        zy = row[y[n]] - m      # kept before exponentiating: exp(zy) may underflow to 0
+        s = exp_shifted(row, m, row, pbuf, nbuf)
+        loss -= mask[n] * (zy - math.log(s))
         w = scale * mask[n] / s
         for v in range(V):
             row[v] = row[v] * w
@@ -111,18 +262,15 @@ def softmax_xent(Z, y, mask, scale):
     return loss
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(signatures("2 2"), **NUMBA_OPTIONS)
 def log_softmax(Z, out):
     """Row-wise ``log softmax`` of ``Z (N, V)`` into ``out (N, V)`` (may alias ``Z``)."""
     N, V = Z.shape
+    ebuf = np.empty(V, np.float64)
+    pbuf = np.empty(V, np.float64)
+    nbuf = np.empty(V, np.float64)
     for n in range(N):
-        m = Z[n, 0]
-        for v in range(1, V):
-            if Z[n, v] > m:
-                m = Z[n, v]
-        s = 0.0
-        for v in range(V):
-            s += math.exp(Z[n, v] - m)
-        lse = m + math.log(s)
+        m = row_max(Z[n])
+        lse = m + math.log(exp_shifted(Z[n], m, ebuf, pbuf, nbuf))
         for v in range(V):
             out[n, v] = Z[n, v] - lse

@@ -3,27 +3,28 @@
 Design (see the reference module for the equations and layouts): time-major ``(T, B, .)``
 arrays; the caller does the whole-sequence GEMMs (``Xp = X W_ihᵀ + b_ih`` before, the
 weight gradients after); these kernels run only the sequential recurrence, one BLAS GEMM
-``(B, H) x (H, H)`` per step plus fused element-wise loops.  Workspaces of shape ``(B, H)``
+``(B, H) x (H, H)`` per step plus fused element-wise loops (``tanh`` a row at a time,
+vectorised in float32: :func:`fastrnn._kernels.common.tanh_row`).  Workspaces of shape ``(B, H)``
 are allocated once per call, before the time loop.
 
 Also exports the output-layer kernels every language model uses, ``rnn_softmax_xent`` and
 ``rnn_log_softmax`` (from :mod:`fastrnn._kernels.common`).
 """
-import math
-
 import numpy as np
 from numba import njit
 
 from .._config import NUMBA_OPTIONS
 from .common import log_softmax as rnn_log_softmax  # noqa: F401
+from .common import signatures, tanh_row
 from .common import softmax_xent as rnn_softmax_xent  # noqa: F401
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(signatures("3 2 1 2 2 3"), **NUMBA_OPTIONS)
 def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
     """Forward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_forward`."""
     T, B, H = Xp.shape
     a = np.empty((B, H), Xp.dtype)
+    ib = np.empty(H, np.int32)
     Hs[0, :, :] = h0
     for t in range(T):
         hp = Hs[t]
@@ -35,11 +36,13 @@ def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
                 for j in range(H):
                     hn[b, j] = hp[b, j]
             else:
+                ab = a[b]
                 for j in range(H):
-                    hn[b, j] = math.tanh(x[b, j] + a[b, j] + b_hh[j])
+                    ab[j] += x[b, j] + b_hh[j]
+                tanh_row(ab, hn[b], ib)
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(signatures("2 2 3 3 3 2"), **NUMBA_OPTIONS)
 def rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0):
     """Backward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_backward`."""
     T, B, H = dHs.shape

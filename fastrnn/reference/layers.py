@@ -44,7 +44,7 @@ def softmax_xent(Z, y, mask, scale):
         z = Z[n] - Z[n].max()
         e = np.exp(z)
         s = e.sum()
-        loss -= float(z[y[n]]) - float(np.log(s))
+        loss -= float(mask[n]) * (float(z[y[n]]) - float(np.log(s)))
         Z[n] = e * (scale * mask[n] / s)
         Z[n, y[n]] -= scale * mask[n]
     return loss

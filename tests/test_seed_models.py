@@ -1,0 +1,303 @@
+"""GRUTheano and RNNKeras against hand-written NumPy loops of their equations."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.seed_models import GRUTheano, RNNKeras, char_windows, sample
+
+
+def backends():
+    out = ["numpy"]
+    if fastrnn.available_backends()["numba"] is True:
+        out.append("numba")
+    return out
+
+
+# ----------------------------------------------------------------------------- GRUTheano
+
+def hsig(v):
+    return np.clip(0.2 * v + 0.5, 0.0, 1.0)
+
+
+def theano_states(E, U, W, b, x, s1=None, s2=None):
+    """The tutorial's forward_prop_step, written out: returns the layer-2 states (T, H)."""
+    H = E.shape[0]
+    s1 = np.zeros(H) if s1 is None else s1
+    s2 = np.zeros(H) if s2 is None else s2
+    out = []
+    for t in x:
+        xe = E[:, t]
+        z1 = hsig(U[0] @ xe + W[0] @ s1 + b[0])
+        r1 = hsig(U[1] @ xe + W[1] @ s1 + b[1])
+        c1 = np.tanh(U[2] @ xe + W[2] @ (s1 * r1) + b[2])
+        s1 = (1 - z1) * c1 + z1 * s1
+        z2 = hsig(U[3] @ s1 + W[3] @ s2 + b[3])
+        r2 = hsig(U[4] @ s1 + W[4] @ s2 + b[4])
+        c2 = np.tanh(U[5] @ s1 + W[5] @ (s2 * r2) + b[5])
+        s2 = (1 - z2) * c2 + z2 * s2
+        out.append((s1.copy(), s2.copy()))
+    return out
+
+
+def theano_probs(m, x, s1=None, s2=None, P=None):
+    P = P or (m.E, m.U, m.W, m.b, m.V, m.c)
+    E, U, W, b, V, c = P
+    o = []
+    for _, s2t in theano_states(E, U, W, b, x, s1, s2):
+        z = V @ s2t + c
+        e = np.exp(z - z.max())
+        o.append(e / e.sum())
+    return np.array(o)
+
+
+def theano_ce(P, x, y, s1=None, s2=None):
+    class M:
+        pass
+    m = M()
+    m.E, m.U, m.W, m.b, m.V, m.c = P
+    o = theano_probs(m, x, s1, s2)
+    return -np.sum(np.log(o[np.arange(len(y)), y]))
+
+
+def small_theano(backend, seed=0, V=6, H=3):
+    np.random.seed(seed)
+    m = GRUTheano(V, H, backend=backend)
+    rng = np.random.default_rng(seed)
+    m.b[...] = rng.uniform(-0.5, 0.5, m.b.shape)     # the tutorial starts at zero; test non-zero
+    m.c[...] = rng.uniform(-0.5, 0.5, m.c.shape)
+    m.U *= 3.0                                       # use the gates' non-linear range
+    m.W *= 3.0
+    m.E *= 3.0
+    return m
+
+
+def test_theano_init_draw_order():
+    np.random.seed(10)
+    m = GRUTheano(7, 4)
+    np.random.seed(10)
+    E = np.random.uniform(-np.sqrt(1 / 7), np.sqrt(1 / 7), (4, 7))
+    U = np.random.uniform(-np.sqrt(1 / 4), np.sqrt(1 / 4), (6, 4, 4))
+    W = np.random.uniform(-np.sqrt(1 / 4), np.sqrt(1 / 4), (6, 4, 4))
+    V = np.random.uniform(-np.sqrt(1 / 4), np.sqrt(1 / 4), (7, 4))
+    for a, b in ((m.E, E), (m.U, U), (m.W, W), (m.V, V)):
+        np.testing.assert_array_equal(a, b)
+    assert not m.b.any() and not m.c.any() and m.b.shape == (6, 4) and m.c.shape == (7,)
+    assert m.mU.shape == (6, 4, 4) and not m.mU.any()
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_theano_forward_and_loss(backend):
+    m = small_theano(backend)
+    x, y = [0, 3, 5, 1, 1], [3, 5, 1, 1, 2]
+    o = m.predict(x)
+    np.testing.assert_allclose(o, theano_probs(m, x), rtol=1e-12)
+    np.testing.assert_array_equal(m.predict_class(x), np.argmax(o, axis=1))
+    P = (m.E, m.U, m.W, m.b, m.V, m.c)
+    assert m.ce_error(x, y) == pytest.approx(theano_ce(P, x, y), rel=1e-12)
+    X, Y = [x, [2, 4]], [y, [4, 0]]
+    total = theano_ce(P, x, y) + theano_ce(P, [2, 4], [4, 0])
+    assert m.calculate_total_loss(X, Y) == pytest.approx(total, rel=1e-12)
+    assert m.calculate_loss(X, Y) == pytest.approx(total / 7, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_theano_bptt_finite_differences(backend):
+    m = small_theano(backend, seed=1)
+    x, y = [2, 0, 4, 4], [0, 4, 4, 1]
+    grads = m.bptt(x, y)
+    P = [m.E, m.U, m.W, m.b, m.V, m.c]
+    eps = 1e-6
+    for name, g, a in zip("E U W b V c".split(), grads, P):
+        assert g.shape == a.shape
+        fd = np.empty_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = theano_ce(P, x, y)
+            a[idx] = old - eps
+            lm = theano_ce(P, x, y)
+            a[idx] = old
+            fd[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_theano_truncated_bptt_is_last_k_steps():
+    """truncate_gradient=k: the gradient of the loss of the last k steps, their start state fixed."""
+    m = small_theano("numpy", seed=2)
+    m.bptt_truncate = 2
+    x, y = [1, 2, 3, 4, 5], [2, 3, 4, 5, 0]
+    grads = m.bptt(x, y)
+    P = [m.E, m.U, m.W, m.b, m.V, m.c]
+    s1, s2 = theano_states(m.E, m.U, m.W, m.b, x[:3])[-1]
+    eps = 1e-6
+    for name, g, a in zip("E U W b V c".split(), grads, P):
+        fd = np.empty_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = theano_ce(P, x[3:], y[3:], s1, s2)
+            a[idx] = old - eps
+            lm = theano_ce(P, x[3:], y[3:], s1, s2)
+            a[idx] = old
+            fd[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9, err_msg=name)
+    m.bptt_truncate = 10          # k >= T: full BPTT
+    full = GRUTheano.bptt(m, x, y)
+    m.bptt_truncate = -1
+    for a, b in zip(full, m.bptt(x, y)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_theano_sgd_step_is_tutorial_rmsprop():
+    m = small_theano("numpy", seed=3)
+    x, y = [1, 2, 3], [2, 3, 4]
+    names = "E U W b V c".split()
+    for step in range(2):
+        before = {n: getattr(m, n).copy() for n in names}
+        cache = {n: getattr(m, "m" + n).copy() for n in names}
+        grads = dict(zip(names, m.bptt(x, y)))
+        loss = m.sgd_step(x, y, 0.01, decay=0.8)
+        assert loss == pytest.approx(theano_ce([before[n] for n in names], x, y), rel=1e-12)
+        for n in names:
+            mm = 0.8 * cache[n] + 0.2 * grads[n] ** 2
+            np.testing.assert_allclose(getattr(m, "m" + n), mm, rtol=1e-13, atol=1e-300)
+            np.testing.assert_allclose(getattr(m, n), before[n] - 0.01 * grads[n] / np.sqrt(mm + 1e-6),
+                                       rtol=1e-13, atol=1e-15)
+
+
+def test_theano_backends_agree_float32():
+    if "numba" not in backends():
+        pytest.skip("numba unavailable")
+    np.random.seed(4)
+    a = GRUTheano(9, 5, backend="numba", dtype=np.float32)
+    np.random.seed(4)
+    b = GRUTheano(9, 5, backend="numpy", dtype=np.float64)
+    for n in "EUWVbc":
+        getattr(b, n)[...] = getattr(a, n)
+    x, y = [1, 8, 3, 3, 0, 2], [8, 3, 3, 0, 2, 7]
+    assert a.ce_error(x, y) == pytest.approx(b.ce_error(x, y), rel=1e-5)
+    for ga, gb in zip(a.bptt(x, y), b.bptt(x, y)):
+        assert ga.dtype == np.float32
+        assert np.abs(ga - gb).max() <= 1e-4 * max(1e-3, np.abs(gb).max())
+
+
+def test_theano_validation():
+    m = GRUTheano(5, 2)
+    with pytest.raises(ValueError, match="token id 5 out of range for vocabulary of 5"):
+        m.predict([1, 5])
+    with pytest.raises(ValueError, match="same length"):
+        m.bptt([1, 2], [1])
+    with pytest.raises(ValueError, match="bptt_truncate"):
+        GRUTheano(5, 2, bptt_truncate=0)
+
+
+# ----------------------------------------------------------------------------- RNNKeras
+
+def keras_probs(weights, X, hard=False):
+    """Keras LSTM (i, f, c, o; kernel (V, 4H)) + Dense + softmax, written out step by step."""
+    K, Rk, bias, D, db = weights
+    H = Rk.shape[0]
+    act = hsig if hard else (lambda v: 1 / (1 + np.exp(-v)))
+    X = np.asarray(X, dtype=np.float64)
+    h = np.zeros((len(X), H))
+    c = np.zeros((len(X), H))
+    for t in range(X.shape[1]):
+        a = X[:, t] @ K + h @ Rk + bias
+        i, f = act(a[:, :H]), act(a[:, H:2 * H])
+        g, o = np.tanh(a[:, 2 * H:3 * H]), act(a[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+    z = h @ D + db
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def keras_loss(weights, X, Y, hard=False):
+    p = keras_probs(weights, X, hard)
+    return -np.sum(Y * np.log(p)) / len(X)
+
+
+def keras_case(backend, hard=False, seed=0):
+    text = "the cat sat on the mat; the bat ate the rat."
+    X, y, chars = char_windows(text, maxlen=5, step=4)
+    m = RNNKeras(5, len(chars), 4, gate_activation="hard_sigmoid" if hard else "sigmoid",
+                 backend=backend, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    w = m.get_weights()
+    w[1] = w[1] * 2.0
+    w[2] = w[2] + rng.uniform(-0.5, 0.5, w[2].shape)
+    w[4] = rng.uniform(-0.3, 0.3, w[4].shape)
+    m.set_weights(w)
+    return m, X, y, chars
+
+
+def test_char_windows_and_sample():
+    X, y, chars = char_windows("abcabd", maxlen=3, step=2)
+    assert chars == ["a", "b", "c", "d"]
+    assert X.shape == (2, 3, 4) and y.shape == (2, 4) and X.dtype == bool
+    np.testing.assert_array_equal(X[0].argmax(1), [0, 1, 2])      # "abc" -> next "a"
+    np.testing.assert_array_equal(X[1].argmax(1), [2, 0, 1])      # "cab" -> next "d"
+    np.testing.assert_array_equal(y.argmax(1), [0, 3])
+    assert X.sum() == 6 and y.sum() == 2
+    p = np.array([0.1, 0.6, 0.3])
+    assert sample(p, 1e-3, rng=np.random.default_rng(0)) == 1
+    draws = [sample(p, 1.0, rng=np.random.default_rng(s)) for s in range(300)]
+    assert abs(np.mean(np.array(draws) == 1) - 0.6) < 0.1
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample(p, 0.0)
+    with pytest.raises(ValueError, match="longer than maxlen=40"):
+        char_windows("short")
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("backend", backends())
+def test_keras_forward_and_gradients(backend, hard):
+    m, X, y, _ = keras_case(backend, hard)
+    w = m.get_weights()
+    np.testing.assert_allclose(m.predict_proba(X), keras_probs(w, X, hard), rtol=1e-12)
+    np.testing.assert_allclose(m.predict(X), keras_probs(w, X[:1], hard)[0], rtol=1e-12)
+    np.testing.assert_allclose(m.predict(X[3]), keras_probs(w, X[3:4], hard)[0], rtol=1e-12)
+    L, g = m.loss_and_grad(X, y)
+    assert L == pytest.approx(keras_loss(w, X, y, hard), rel=1e-12)
+    keras_grads = [g["weight_ih_l0"].T, g["weight_hh_l0"].T, g["bias_l0"], g["dense.weight"].T,
+                   g["dense.bias"]]
+    eps = 1e-6
+    for k, (a, ga) in enumerate(zip(w, keras_grads)):
+        fd = np.empty_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = keras_loss(w, X, y, hard)
+            a[idx] = old - eps
+            lm = keras_loss(w, X, y, hard)
+            a[idx] = old
+            fd[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(ga, fd, rtol=1e-6, atol=1e-9, err_msg=f"weight {k}")
+
+
+def test_keras_training_is_keras_rmsprop():
+    m, X, y, _ = keras_case("numpy", seed=1)
+    w0 = m.get_weights()
+    L, g = m.loss_and_grad(X, y)
+    keras_grads = [g["weight_ih_l0"].T, g["weight_hh_l0"].T, g["bias_l0"], g["dense.weight"].T,
+                   g["dense.bias"]]
+    hist = m.fit(X, y, batch_size=len(X), epochs=1, shuffle=False)
+    assert hist["loss"] == [pytest.approx(L, rel=1e-12)]
+    for a, ga, b in zip(w0, keras_grads, m.get_weights()):
+        ms = 0.1 * ga ** 2           # rho = 0.9, from zero
+        np.testing.assert_allclose(b, a - 0.01 * ga / (np.sqrt(ms) + 1e-7), rtol=1e-12, atol=1e-14)
+    # the seed's spelling, several epochs, mini-batches: the loss goes down
+    h = m.train_model(X, y, batchSize=4, nepoch=15)["loss"]
+    assert len(h) == 15 and h[-1] < h[0]
+
+
+def test_keras_validation():
+    m = RNNKeras(5, 4, 3)
+    with pytest.raises(ValueError, match=r"\(N, 5, 4\), got \(2, 5, 3\)"):
+        m.predict(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match="gate_activation"):
+        RNNKeras(5, 4, 3, gate_activation="relu")
+    with pytest.raises(ValueError, match=r"weights\[1\] \(weight_hh_l0\) must have shape \(3, 12\)"):
+        m.set_weights([w if k != 1 else w[:2] for k, w in enumerate(m.get_weights())])
+    with pytest.raises(ValueError, match=r"y must have shape"):
+        m.fit(np.zeros((2, 5, 4)), np.zeros((3, 4)))
