@@ -1,5 +1,66 @@
 """Compiled kernels.  One module per cell holding forward and backward together.
 
 Kernels never validate their input and never raise: everything they receive was checked
-by :mod:`fastrnn._validate` at the Python boundary.
+at the Python boundary (:mod:`fastrnn._validate` and the model classes).
+
+On-disk cache safety
+--------------------
+Numba's cache index checks only the source file of the function being loaded, not the
+modules it calls into: after an edit to ``softmax.py`` or ``common.py`` (or an upgrade
+that leaves old ``__pycache__`` files behind) a kernel in ``rnn.py`` could load stale
+machine code.  So before any kernel module is imported, the cache of this package is
+stamped with a hash of every kernel source file and of the Numba version, and cleared
+when the stamp differs.  ``tests/test_cache.py`` checks this.
 """
+import glob
+import hashlib
+import os
+
+
+def _cache_dir():
+    from numba.core.config import CACHE_DIR
+    if CACHE_DIR:  # NUMBA_CACHE_DIR mirrors the source tree below it
+        return None
+    return os.path.join(os.path.dirname(__file__), "__pycache__")
+
+
+def _sources_digest():
+    import numba
+
+    h = hashlib.sha256(numba.__version__.encode())
+    here = os.path.dirname(__file__)
+    for path in sorted(glob.glob(os.path.join(here, "*.py"))) + \
+            [os.path.join(here, os.pardir, "_config.py")]:
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + b"\0" + f.read())
+    for key in ("FASTRNN_FASTMATH",):                       # options baked into the code
+        h.update(f"{key}={os.environ.get(key, '')}".encode())
+    return h.hexdigest()
+
+
+def _check_cache():
+    directory = _cache_dir()
+    if directory is None:
+        return
+    stamp = os.path.join(directory, "fastrnn-kernels.stamp")
+    digest = _sources_digest()
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == digest:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.nbi")) + \
+                glob.glob(os.path.join(directory, "*.nbc")):
+            os.remove(path)
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only install: Numba then falls back to its own cache locator
+
+
+_check_cache()
