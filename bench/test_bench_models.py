@@ -1,0 +1,247 @@
+"""Training steps of the GRU and LSTM models, fastrnn backends against PyTorch CPU, one run.
+
+Cases (issue "speed"):
+
+``gru-tutorial``  the GRU tutorial's step: GRUTheano, 2 layers, H=128, V=8000, one
+                  sentence of 23 words, RMSprop (float64, the tutorial's floatX).
+``ptb-lstm``      a minibatched LSTM LM step at the PTB-small shape: 2 layers x 200,
+                  V=10000, batch 20, unroll 20, float32, SGD; on 1 and on 2 threads.
+``keras-char``    the Keras char-LSTM step: LSTM 128, 57 symbols, windows of 40, batch 128,
+                  RMSprop, float32.
+
+PyTorch is optional; without it its rows are skipped with the reason.  Before timing, the
+PyTorch model (same weights) must give the same loss as fastrnn.
+"""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import optim
+
+BACKENDS = [n for n, ok in fastrnn.available_backends().items() if ok is True]
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0)")
+
+
+def _threads(n):
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n)
+
+
+# ---------------------------------------------------------------- ptb-lstm ------------
+
+PTB = dict(V=10000, H=200, L=2, B=20, T=20)
+
+
+def _ptb_batch():
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, PTB["V"], (PTB["T"] + 1, PTB["B"]))
+    return seq[:-1], seq[1:]
+
+
+def _ptb_fastrnn(backend):
+    model = fastrnn.LSTM(PTB["V"], PTB["H"], num_layers=PTB["L"], dtype=np.float32,
+                         backend=backend, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.0)
+    x, y = _ptb_batch()
+
+    def step():
+        loss, grads, _ = model.loss_and_grad(x, y)
+        opt.step(grads)
+        return loss
+    return model, step, lambda: model.loss(x, y)[0]
+
+
+def _ptb_torch(model, threads):
+    torch = _torch()
+    torch.set_num_threads(threads)
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(PTB["V"], PTB["H"])
+            self.rnn = torch.nn.LSTM(PTB["H"], PTB["H"], PTB["L"])
+            self.decoder = torch.nn.Linear(PTB["H"], PTB["V"])
+
+        def forward(self, x):
+            out, _ = self.rnn(self.embedding(x))
+            return self.decoder(out)
+
+    lm = LM()
+    lm.load_state_dict(model.to_torch_state_dict())
+    x, y = (torch.tensor(a, dtype=torch.long) for a in _ptb_batch())
+    opt = torch.optim.SGD(lm.parameters(), lr=0.0)
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(lm(x).reshape(-1, PTB["V"]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss
+
+    def loss():
+        with torch.no_grad():
+            return float(lossf(lm(x).reshape(-1, PTB["V"]), y.reshape(-1)))
+    return step, loss
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+def test_ptb_lstm_step(benchmark, impl, threads):
+    if impl == "numpy" and threads == 2:
+        pytest.skip("the NumPy reference is timed on one thread only")
+    model, step, loss = _ptb_fastrnn("numba" if impl == "torch" else impl)
+    want = loss()
+    if impl == "torch":
+        step, loss = _ptb_torch(model, threads)
+        assert abs(loss() - want) <= 1e-4 * abs(want)
+    tokens = PTB["T"] * PTB["B"]
+    with _threads(threads):
+        step()
+        benchmark.group = f"ptb-lstm-step-float32-{threads}thread"
+        benchmark.extra_info.update(impl=impl, tokens=tokens, threads=threads,
+                                    flops=_lstm_flops(**PTB))
+        benchmark(step)
+
+
+def _lstm_flops(V, H, L, B, T):
+    """2 x multiply-adds of the forward and backward matrix products (3 passes)."""
+    rec = L * 2 * (T * B) * (4 * H) * (2 * H)       # input + recurrent projections
+    dec = 2 * (T * B) * H * V
+    return 3 * (rec + dec)
+
+
+# ---------------------------------------------------------------- gru-tutorial --------
+
+def _gru_torch(m):
+    torch = _torch()
+    torch.set_num_threads(1)
+    P = {n: torch.tensor(getattr(m, n), requires_grad=True) for n in ("E", "U", "W", "V", "b", "c")}
+    M = {n: torch.zeros_like(P[n]) for n in P}
+
+    def hard_sigmoid(a):
+        return torch.clamp(0.2 * a + 0.5, 0.0, 1.0)
+
+    def total_loss(x, y):
+        E, U, W, V, b, c = (P[n] for n in ("E", "U", "W", "V", "b", "c"))
+        H = E.shape[0]
+        s1 = torch.zeros(H, dtype=E.dtype)
+        s2 = torch.zeros(H, dtype=E.dtype)
+        outs = []
+        for t in range(len(x)):
+            xe = E[:, x[t]]
+            z1 = hard_sigmoid(U[0] @ xe + W[0] @ s1 + b[0])
+            r1 = hard_sigmoid(U[1] @ xe + W[1] @ s1 + b[1])
+            c1 = torch.tanh(U[2] @ xe + W[2] @ (s1 * r1) + b[2])
+            s1 = (1 - z1) * c1 + z1 * s1
+            z2 = hard_sigmoid(U[3] @ s1 + W[3] @ s2 + b[3])
+            r2 = hard_sigmoid(U[4] @ s1 + W[4] @ s2 + b[4])
+            c2 = torch.tanh(U[5] @ s1 + W[5] @ (s2 * r2) + b[5])
+            s2 = (1 - z2) * c2 + z2 * s2
+            outs.append(s2)
+        logits = torch.stack(outs) @ V.t() + c
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(y), reduction="sum")
+
+    def step(x, y, lr, decay=0.9):
+        loss = total_loss(x, y)
+        grads = torch.autograd.grad(loss, list(P.values()))
+        with torch.no_grad():
+            for (n, p), g in zip(P.items(), grads):
+                M[n].mul_(decay).addcmul_(g, g, value=1 - decay)
+                p.sub_(lr * g / torch.sqrt(M[n] + 1e-6))
+        return loss
+
+    return step, lambda x, y: float(total_loss(x, y).detach())
+
+
+@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+def test_gru_tutorial_step(benchmark, impl):
+    np.random.seed(10)
+    m = fastrnn.GRUTheano(8000, 128, backend="numba" if impl == "torch" else impl)
+    rng = np.random.default_rng(1)
+    seq = rng.integers(0, 8000, 24)
+    x, y = seq[:-1], seq[1:]
+    want = m.ce_error(x, y)
+    if impl == "torch":
+        step, loss = _gru_torch(m)
+        assert abs(loss(x, y) - want) <= 1e-10 * abs(want)
+    else:
+        step = m.sgd_step
+    step(x, y, 0.0)
+    benchmark.group = "gru-tutorial-step-float64"
+    benchmark.extra_info.update(impl=impl, tokens=len(x))
+    benchmark(step, x, y, 0.0)
+
+
+# ---------------------------------------------------------------- keras-char ----------
+
+KC = dict(L=40, V=57, H=128, N=128)
+
+
+def _keras_batch():
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, KC["V"], (KC["N"], KC["L"] + 1))
+    X = np.zeros((KC["N"], KC["L"], KC["V"]), bool)
+    X[np.arange(KC["N"])[:, None], np.arange(KC["L"]), ids[:, :-1]] = True
+    y = np.zeros((KC["N"], KC["V"]), bool)
+    y[np.arange(KC["N"]), ids[:, -1]] = True
+    return X, y
+
+
+def _keras_torch(m):
+    torch = _torch()
+    torch.set_num_threads(1)
+    lstm = torch.nn.LSTM(KC["V"], KC["H"], batch_first=True)
+    dense = torch.nn.Linear(KC["H"], KC["V"])
+    p = m.parameters()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.tensor(p["weight_ih_l0"]))
+        lstm.weight_hh_l0.copy_(torch.tensor(p["weight_hh_l0"]))
+        lstm.bias_ih_l0.copy_(torch.tensor(p["bias_l0"]))
+        lstm.bias_hh_l0.zero_()
+        dense.weight.copy_(torch.tensor(p["dense.weight"]))
+        dense.bias.copy_(torch.tensor(p["dense.bias"]))
+    params = list(lstm.parameters()) + list(dense.parameters())
+    opt = torch.optim.RMSprop(params, lr=0.0, alpha=0.9, eps=1e-7)
+    Xb, yb = _keras_batch()
+    X = torch.tensor(Xb, dtype=torch.float32)
+    y = torch.tensor(yb.argmax(axis=1))
+
+    def loss_t():
+        out, _ = lstm(X)
+        return torch.nn.functional.cross_entropy(dense(out[:, -1]), y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_t()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def loss():
+        with torch.no_grad():
+            return float(loss_t())
+    return step, loss
+
+
+@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+def test_keras_char_lstm_step(benchmark, impl):
+    m = fastrnn.RNNKeras(KC["L"], KC["V"], KC["H"], lr=0.0,
+                         backend="numba" if impl == "torch" else impl, seed=0)
+    X, y = _keras_batch()
+    want = m.loss_and_grad(X, y)[0]
+    if impl == "torch":
+        step, loss = _keras_torch(m)
+        assert abs(loss() - want) <= 1e-4 * abs(want)
+    else:
+        def step():
+            loss, grads = m.loss_and_grad(X, y)
+            m.optimizer.step(grads)
+            return loss
+    step()
+    benchmark.group = "keras-char-lstm-step-float32"
+    benchmark.extra_info.update(impl=impl, tokens=KC["N"] * KC["L"])
+    benchmark(step)
