@@ -19,7 +19,7 @@ BACKEND_ORDER = ("numba", "cython", "numpy")
 BACKEND_MODULES = {
     "numba": ("fastrnn._kernels.rnn", "fastrnn._kernels.elman", "fastrnn._kernels.gru",
               "fastrnn._kernels.lstm"),
-    "cython": ("fastrnn._kernels._rnn_cy",),
+    "cython": ("fastrnn._kernels._rnn_cy", "fastrnn._kernels._cells_cy"),
     "numpy": ("fastrnn.reference",),
 }
 
