@@ -20,7 +20,7 @@ def test_every_backend_exposes_the_same_rnn_function_table():
     tables = {}
     for name in fastrnn.backend_info()["available"]:
         be = fastrnn.get_backend(name)
-        tables[name] = {k for k in vars(be) if k.startswith("rnn_")}
+        tables[name] = set(be.functions())
     assert all("rnn_sgd" in t and "rnn_grad" in t for t in tables.values())
     core = {"rnn_forward", "rnn_loss", "rnn_grad", "rnn_sgd"}
     for name, t in tables.items():
@@ -32,3 +32,16 @@ def test_every_backend_exposes_the_same_rnn_function_table():
 def test_cython_backend_was_built_when_required():
     avail = fastrnn.available_backends()
     assert avail["cython"] is True, f"FASTRNN_BUILD_CYTHON=1 but cython backend unavailable: {avail['cython']}"
+
+
+def test_every_backend_has_the_same_full_table():
+    tables = {n: fastrnn.get_backend(n).functions() for n in fastrnn.backend_info()["available"]}
+    first = next(iter(tables.values()))
+    for name, t in tables.items():
+        assert t == first, f"{name} differs: {set(t) ^ set(first)}"
+
+
+def test_missing_kernel_is_an_attribute_error_naming_it():
+    be = fastrnn.get_backend("numpy")
+    with pytest.raises(AttributeError, match="has no kernel 'gru_layer_sideways'"):
+        be.gru_layer_sideways
