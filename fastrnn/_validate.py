@@ -38,8 +38,14 @@ def tokens(x, vocab_size, name="x", allow_empty=False):
         raise ValueError(f"{name} must be a flat sequence of integer token ids; "
                          f"got a ragged nested sequence ({exc})") from None
     if arr.dtype == object:
+        flat = list(np.ravel(arr))
+        if flat and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat):
+            # Python ints too large for int64: necessarily out of range
+            big = max(flat, key=abs)
+            raise ValueError(f"{name}: token id {big} out of range for vocabulary of {vocab_size} "
+                             f"(expected ids in [0, {vocab_size}))")
         raise TypeError(f"{name} must be a sequence of integer token ids, got elements of "
-                        f"type {sorted({type(v).__name__ for v in np.ravel(arr)})}")
+                        f"type {sorted({type(v).__name__ for v in flat})}")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional (a sequence of token ids), "
                          f"got shape {arr.shape}")
@@ -129,7 +135,8 @@ def truncation(mode, k):
             return MODE_FULL, 0
         if k < 1:
             raise ValueError(f"truncate_gradient must be >= 1 or -1 (full), got {k}")
-    return mode, k
+    # any k >= T means the same thing; clamp so the kernels' int64 never overflows
+    return mode, min(k, 1 << 62)
 
 
 def positive_int(v, name, minimum=1):
@@ -156,10 +163,12 @@ def hidden_state(h, H, dtype, name="h0"):
     if h is None:
         return None
     arr = np.asarray(h)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"{name} must be a real-valued vector, got dtype {arr.dtype}")
     if arr.shape != (H,):
         raise ValueError(f"{name} must have shape ({H},), got {arr.shape}")
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)    # cast first: 1e300 is inf in float32
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds non-finite values")
-    return np.ascontiguousarray(arr, dtype=dtype)
+        raise ValueError(f"{name} holds non-finite values (in {np.dtype(dtype).name})")
+    return arr

@@ -4,6 +4,10 @@ A backend is a function table: the same kernel names (``rnn_forward``, ``rnn_los
 ``rnn_grad``, ``rnn_sgd``, and the GRU/LSTM kernels) with the same signatures, taken from
 the modules listed in :data:`BACKEND_MODULES`.
 
+The tables hold the raw kernels, which validate nothing (they are compiled without bounds
+checks): call them only with inputs checked as :mod:`fastrnn.functional` and the model
+classes check them.  Public code should use those.
+
 Selection: the ``backend=`` argument, else the ``FASTRNN_BACKEND`` environment variable,
 else the first available of ``numba -> cython -> numpy``.  A backend asked for by name
 that is unavailable raises :class:`BackendUnavailableError`; nothing falls back silently.

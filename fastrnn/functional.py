@@ -9,6 +9,8 @@ loaders; see :class:`fastrnn.tutorial.RNNNumpy`), not on every call: that scan w
 about a tenth of a training step at the tutorial's size.  Shapes, dtypes and token ids are
 checked on every call, because a wrong one could make a kernel read out of bounds.
 """
+import threading
+
 import numpy as np
 
 from . import _validate
@@ -25,19 +27,32 @@ class Workspace:
 
     def __init__(self, H, V, dtype, max_cached=64):
         self.H, self.V, self.dtype = H, V, np.dtype(dtype)
-        self._by_T = {}
         self._max = max_cached
-        self.dW = np.empty((H, H), dtype=self.dtype)
+        # The kernels release the GIL, so two threads using one model must not share
+        # scratch arrays: each thread gets its own.
+        self._local = threading.local()
+
+    def _mine(self):
+        loc = self._local
+        if not hasattr(loc, "by_T"):
+            loc.by_T = {}
+            loc.dW = np.empty((self.H, self.H), dtype=self.dtype)
+        return loc
+
+    @property
+    def dW(self):
+        return self._mine().dW
 
     def get(self, T):
-        ws = self._by_T.get(T)
+        by_T = self._mine().by_T
+        ws = by_T.get(T)
         if ws is None:
-            if len(self._by_T) >= self._max:
-                self._by_T.clear()
+            if len(by_T) >= self._max:
+                by_T.clear()
             ws = (np.empty((T + 1, self.H), self.dtype),   # s
                   np.empty((T, self.V), self.dtype),       # z: logits / probabilities / deltas
                   np.empty((T, self.H), self.dtype))       # g: per-step pre-activation gradients
-            self._by_T[T] = ws
+            by_T[T] = ws
         return ws
 
 
@@ -55,6 +70,9 @@ def check_params(U, V, W):
             raise ValueError(f"parameter {name} must be 2-D, got shape {a.shape}")
         if not a.flags.c_contiguous:
             raise ValueError(f"parameter {name} must be C-contiguous")
+        if not a.flags.writeable:
+            raise ValueError(f"parameter {name} is read-only; the kernels take writeable arrays "
+                             f"(pass a copy, e.g. np.array({name}))")
     H, vocab = U.shape
     dtype = U.dtype
     if V.shape != (vocab, H):

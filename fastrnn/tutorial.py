@@ -158,7 +158,9 @@ class RNNNumpy(_TutorialLM):
         :func:`fastrnn.backends.get_backend`.
 
     Attributes ``U (H, V)``, ``V (V, H)``, ``W (H, H)`` are float64 arrays and assignable
-    (the tutorial's loaders set them); assigned values are checked for shape and NaN/inf.
+    (the tutorial's loaders set them one at a time, so shapes may disagree in between):
+    an assigned value is checked for being a 2-D real array without NaN/inf, and the three
+    shapes are checked against each other at every call, before any kernel runs.
     """
 
     _truncation = "window"

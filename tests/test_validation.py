@@ -107,3 +107,55 @@ def test_unknown_and_unavailable_backends(monkeypatch):
         fastrnn.get_backend("cython")
     info = fastrnn.backend_info()
     assert "cython" in info["unavailable"] and info["default"] in ("numba", "numpy")
+
+
+def test_oversized_python_int_is_named_as_out_of_range():
+    U, V, W = np.zeros((4, 10)), np.zeros((10, 4)), np.zeros((4, 4))
+    with pytest.raises(ValueError, match=r"token id 1180591620717411303424 out of range"):
+        F.loss(U, V, W, [1, 2**70, 3], [1, 2, 3])
+
+
+def test_huge_truncation_is_clamped_not_overflowed():
+    rng = np.random.default_rng(0)
+    U, V, W = rng.standard_normal((3, 7)), rng.standard_normal((7, 3)), rng.standard_normal((3, 3))
+    for be in [n for n, ok in fastrnn.available_backends().items() if ok is True]:
+        big = F.grad(U, V, W, [1, 2, 3], [2, 3, 4], "last", 2**70, backend=be)
+        full = F.grad(U, V, W, [1, 2, 3], [2, 3, 4], "full", backend=be)
+        for a, b in zip(big, full):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_initial_state_is_checked_after_the_cast_to_the_model_dtype():
+    U, V, W = (np.zeros(s, np.float32) for s in ((4, 10), (10, 4), (4, 4)))
+    with pytest.raises(ValueError, match="h0 holds non-finite values \\(in float32\\)"):
+        F.loss(U, V, W, [1, 2], [2, 3], h0=np.array([1e300, -1e300, 0, 0]))
+
+
+def test_read_only_parameters_get_a_clear_error():
+    U, V, W = np.zeros((4, 10)), np.zeros((10, 4)), np.zeros((4, 4))
+    U.flags.writeable = False
+    with pytest.raises(ValueError, match="parameter U is read-only"):
+        F.loss(U, V, W, [1], [2])
+
+
+def test_one_model_used_from_several_threads_gives_the_serial_results():
+    import threading
+    np.random.seed(3)
+    m = RNNNumpy(300, 16)
+    rng = np.random.default_rng(4)
+    sents = [(list(rng.integers(0, 300, n)), list(rng.integers(0, 300, n))) for n in (5, 9, 13, 17)]
+    want = [m.calculate_total_loss([x], [y]) for x, y in sents]
+    bad = []
+
+    def worker():
+        for _ in range(60):
+            for (x, y), w in zip(sents, want):
+                if m.calculate_total_loss([x], [y]) != w:
+                    bad.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

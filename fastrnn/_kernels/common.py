@@ -27,7 +27,7 @@ probabilities apart; the exponentials come from the vectorised, float64-accurate
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
 from .._config import NUMBA_OPTIONS
@@ -214,6 +214,61 @@ def _ov_tanh_row(src, dst, ib):
     return lambda src, dst, ib: _tanh_row_f64(src, dst, ib)
 
 
+# Below this many logits a parallel region costs more than it saves (measured here: the
+# break-even is near 2e5 on two threads).
+_PARALLEL_MIN = 1 << 18
+
+
+@njit(**NUMBA_OPTIONS)
+def _xent_row(row, y_n, mask_n, scale, pbuf, nbuf):
+    """One row of :func:`softmax_xent`; returns its loss term ``-mask * log p[y]``."""
+    V = row.shape[0]
+    if mask_n == 0.0:
+        for v in range(V):
+            row[v] = 0.0
+        return 0.0
+    m = row_max(row)
+    zy = row[y_n] - m      # kept before exponentiating: exp(zy) may underflow to 0
+    s = exp_shifted(row, m, row, pbuf, nbuf)
+    w = scale * mask_n / s
+    for v in range(V):
+        row[v] = row[v] * w
+    row[y_n] -= scale * mask_n
+    return -mask_n * (zy - math.log(s))
+
+
+@njit(**NUMBA_OPTIONS)
+def _softmax_xent_serial(Z, y, mask, scale):
+    N, V = Z.shape
+    pbuf = np.empty(V, np.float64)
+    nbuf = np.empty(V, np.float64)
+    loss = 0.0
+    for n in range(N):
+        loss += _xent_row(Z[n], y[n], mask[n], scale, pbuf, nbuf)
+    return loss
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def _softmax_xent_parallel(Z, y, mask, scale):
+    """The parallel variant: rows in contiguous chunks over threads, one scratch pair per
+    chunk, per-row losses summed afterwards in row order -- so the result is bitwise the
+    serial one, whatever the thread count or the scheduling."""
+    N, V = Z.shape
+    chunks = min(N, 4 * get_num_threads())
+    pbuf = np.empty((chunks, V), np.float64)
+    nbuf = np.empty((chunks, V), np.float64)
+    terms = np.empty(N, np.float64)
+    for c in prange(chunks):
+        lo = c * N // chunks
+        hi = (c + 1) * N // chunks
+        for n in range(lo, hi):
+            terms[n] = _xent_row(Z[n], y[n], mask[n], scale, pbuf[c], nbuf[c])
+    loss = 0.0
+    for n in range(N):
+        loss += terms[n]
+    return loss
+
+
 @njit(signatures("2 i 1 s", ret="s"), **NUMBA_OPTIONS)
 def softmax_xent(Z, y, mask, scale):
     """Masked softmax cross-entropy of the rows of ``Z``; overwrites ``Z`` with its gradient.
@@ -241,25 +296,10 @@ def softmax_xent(Z, y, mask, scale):
     float64-accurate, fixed-order sum): a libm call per element would cost about 6 ns x
     ``N V`` (25 ms at N=400, V=10000).
     """
-    N, V = Z.shape
-    pbuf = np.empty(V, np.float64)
-    nbuf = np.empty(V, np.float64)
-    loss = 0.0
-    for n in range(N):
-        row = Z[n]
-        if mask[n] == 0.0:
-            for v in range(V):
-                row[v] = 0.0
-            continue
-        m = row_max(row)
-        zy = row[y[n]] - m      # kept before exponentiating: exp(zy) may underflow to 0
-        s = exp_shifted(row, m, row, pbuf, nbuf)
-        loss -= mask[n] * (zy - math.log(s))
-        w = scale * mask[n] / s
-        for v in range(V):
-            row[v] = row[v] * w
-        row[y[n]] -= scale * mask[n]
-    return loss
+    if Z.shape[0] * Z.shape[1] >= _PARALLEL_MIN and get_num_threads() > 1:
+        return _softmax_xent_parallel(Z, y, mask, scale)
+    return _softmax_xent_serial(Z, y, mask, scale)
+
 
 
 @njit(signatures("2 2"), **NUMBA_OPTIONS)
