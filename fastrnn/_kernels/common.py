@@ -40,12 +40,12 @@ def signatures(pattern, ret=None):
 
     ``pattern`` has one code per argument: ``1``/``2``/``3`` a C-contiguous float array of
     that many dimensions (the specialisation's dtype), ``b`` a bool, ``i`` a C-contiguous
-    ``intp`` vector, ``s`` a float64 scalar.  ``ret`` is ``None`` (void) or ``"s"``.
+    ``intp`` vector, ``s`` a float64 scalar, ``n`` an int64 scalar.  ``ret`` is ``None`` (void) or ``"s"``.
     """
     out = []
     for f in (types.float64, types.float32):
         code = {"1": f[::1], "2": f[:, ::1], "3": f[:, :, ::1], "b": types.boolean,
-                "i": types.intp[::1], "s": types.float64}
+                "i": types.intp[::1], "s": types.float64, "n": types.int64}
         args = [code[c] for c in pattern.split()]
         out.append((types.float64 if ret == "s" else types.void)(*args))
     return out
@@ -237,7 +237,7 @@ def _xent_row(row, y_n, mask_n, scale, pbuf, nbuf):
     return -mask_n * (zy - math.log(s))
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(signatures("2 i 1 s", ret="s"), **NUMBA_OPTIONS)
 def _softmax_xent_serial(Z, y, mask, scale):
     N, V = Z.shape
     pbuf = np.empty(V, np.float64)
@@ -248,13 +248,13 @@ def _softmax_xent_serial(Z, y, mask, scale):
     return loss
 
 
-@njit(parallel=True, **NUMBA_OPTIONS)
-def _softmax_xent_parallel(Z, y, mask, scale):
+@njit(signatures("2 i 1 s n", ret="s"), parallel=True, **NUMBA_OPTIONS)
+def _softmax_xent_parallel(Z, y, mask, scale, chunks):
     """The parallel variant: rows in contiguous chunks over threads, one scratch pair per
     chunk, per-row losses summed afterwards in row order -- so the result is bitwise the
     serial one, whatever the thread count or the scheduling."""
     N, V = Z.shape
-    chunks = min(N, 4 * get_num_threads())
+    chunks = max(1, min(N, chunks))
     pbuf = np.empty((chunks, V), np.float64)
     nbuf = np.empty((chunks, V), np.float64)
     terms = np.empty(N, np.float64)
@@ -269,7 +269,6 @@ def _softmax_xent_parallel(Z, y, mask, scale):
     return loss
 
 
-@njit(signatures("2 i 1 s", ret="s"), **NUMBA_OPTIONS)
 def softmax_xent(Z, y, mask, scale):
     """Masked softmax cross-entropy of the rows of ``Z``; overwrites ``Z`` with its gradient.
 
@@ -296,8 +295,12 @@ def softmax_xent(Z, y, mask, scale):
     float64-accurate, fixed-order sum): a libm call per element would cost about 6 ns x
     ``N V`` (25 ms at N=400, V=10000).
     """
+    # Chosen in Python, not inside a jitted caller: a parallel function called from
+    # another jitted function makes the caller uncacheable in Numba.
     if Z.shape[0] * Z.shape[1] >= _PARALLEL_MIN and get_num_threads() > 1:
-        return _softmax_xent_parallel(Z, y, mask, scale)
+        # the thread count is read here: read inside the parallel function it would be a
+        # call Numba cannot cache
+        return _softmax_xent_parallel(Z, y, mask, scale, 4 * get_num_threads())
     return _softmax_xent_serial(Z, y, mask, scale)
 
 

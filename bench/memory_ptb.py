@@ -1,0 +1,59 @@
+"""Peak memory of the PTB-small LSTM training step, against the arrays it must hold.
+
+    python bench/memory_ptb.py [backend]
+
+Runs in its own process: measures the resident set after imports (the baseline: Python,
+NumPy, Numba, SciPy), builds the model (2 x 200 LSTM, V=10000, float32), runs 5 SGD steps
+on a batch of 20 x 20 and reads the peak resident set (``ru_maxrss``).  "Must hold" is
+the parameters, the gradients, the optimizer state (none for SGD) and the activations the
+backward pass needs (embedded inputs, per-layer states, caches and projections, logits).
+Prints one line of ``key=value`` pairs.
+"""
+import resource
+import sys
+
+import numpy as np
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main(backend="numba"):
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    import fastrnn
+    from fastrnn import optim
+
+    V, H, L, B, T = 10000, 200, 2, 20, 20
+    tiny = fastrnn.LSTM(10, 2, num_layers=L, dtype=np.float32, backend=backend, seed=0)
+    tiny.loss_and_grad(np.ones((2, 1), int), np.ones((2, 1), int))   # loads the kernels
+    base = rss_mb()
+    model = fastrnn.LSTM(V, H, num_layers=L, dtype=np.float32, backend=backend, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, V, (T + 1, B))
+    for _ in range(5):
+        _, grads, _ = model.loss_and_grad(seq[:-1], seq[1:])
+        opt.step(grads)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    item = 4
+    params = sum(a.nbytes for a in model.parameters().values()) / 2**20
+    grads_mb = params
+    # activations: inputs to each layer (T,B,H), states (T+1,B,H), gate caches (T,B,4H)
+    # for states c as well (T+1,B,H), projections (T,B,4H), logits/gradient (T*B, V)
+    acts = (L * (T * B * H + 2 * (T + 1) * B * H + 2 * T * B * 4 * H) + T * B * V) * item / 2**20
+    must = params + grads_mb + acts
+    used = peak - base
+    print(f"backend={backend} baseline_rss_mb={base:.1f} peak_rss_mb={peak:.1f} "
+          f"params_mb={params:.1f} grads_mb={grads_mb:.1f} "
+          f"activations_mb={acts:.1f} must_hold_mb={must:.1f} step_peak_over_baseline_mb={used:.1f} "
+          f"ratio={used / must:.2f}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
