@@ -406,7 +406,7 @@ def cmd_generate(args):
 
 def cmd_evaluate(args):
     """``fastrnn evaluate``: cross-entropy and perplexity of a model on a corpus file."""
-    from . import io
+    from . import io, text
     from .backends import get_backend
     from .train import evaluate
 
@@ -415,19 +415,29 @@ def cmd_evaluate(args):
     if loaded.vocab is None:
         raise _UserError(f"{args.model}: the file holds no vocabulary; evaluate needs a "
                          f"model saved by fastrnn")
-    cfg = loaded.config
+    cfg = loaded.config             # bptt/mode checked by load_model
+    vocab = loaded.vocab
     fmt = args.format
     if fmt == "auto":      # the vocabulary says lines/chars; words: csv or text by extension
-        fmt = {"lines": "lines", "chars": "chars"}.get(loaded.vocab.kind, "auto")
-    corpus = _load_corpus(args.corpus, fmt, len(loaded.vocab), loaded.vocab, args.column,
+        fmt = {"lines": "lines", "chars": "chars"}.get(vocab.kind, "auto")
+    else:
+        allowed = text.KIND_FORMATS.get(vocab.kind, ())
+        if fmt not in allowed:
+            # every token would be unknown: the perplexity would mean nothing
+            raise _UserError(f"--format {fmt} does not match {args.model}, whose vocabulary "
+                             f"holds {vocab.kind}; use --format {' or '.join(allowed)} "
+                             f"(or auto)")
+    corpus = _load_corpus(args.corpus, fmt, len(vocab), vocab, args.column,
                           cfg.get("splitter", "nltk"), args.max_sentences)
-    mode = args.mode or cfg.get("mode", "sentence")
-    bptt = args.bptt or cfg.get("bptt", 35)
+    mode = args.mode or cfg.get("mode") or "sentence"
+    bptt = args.bptt or cfg.get("bptt") or 35
     t0 = time.perf_counter()
-    r = evaluate(loaded.model, corpus, mode=mode, bptt=bptt)
-    dt = time.perf_counter() - t0
+    r = evaluate(loaded.model, corpus, mode=mode, bptt=bptt, unknown_index=vocab.unknown_index)
+    dt = max(time.perf_counter() - t0, 1e-9)
     print(f"{args.corpus}: {r['tokens']} tokens, cross-entropy {r['loss']:.4f} nats/word, "
-          f"perplexity {r['perplexity']:.2f} ({mode} mode, {r['tokens'] / dt:,.0f} tokens/s)")
+          f"perplexity {r['perplexity']:.2f}, out-of-vocabulary {r['oov_rate']:.2%} "
+          f"({r['oov_tokens']} tokens read as {vocab.unknown_token}); "
+          f"{mode} mode, {r['tokens'] / dt:,.0f} tokens/s")
     return 0
 
 

@@ -40,6 +40,7 @@ class Sampler:
 
     def __init__(self, model, vocab=None, rng=None):
         U, V, W = model_parameters(model)
+        self.model = model          # the model sampled (its parameters as of now, copied)
         # Copies in the model's dtype: a step reads all of V (6.4 MB in float64 at the
         # tutorial's size), so it is memory-bound and float32 models sample twice as fast.
         self.U = np.array(U, copy=True)
@@ -154,15 +155,16 @@ def generate_sentence(model, vocab, rng=None, min_length=0, max_length=100,
         Redraws allowed before giving up; the last draw is then returned cut at
         ``max_length``.
     sampler : Sampler, optional
-        Reuse one (its generator is then used instead of ``rng``).
+        Reuse one (its generator is then used instead of ``rng``).  It must have been made
+        from ``model`` (or a model of the same sizes; ``model`` may then be None) and for a
+        vocabulary of ``vocab``'s size, else ``ValueError``.
 
     Returns
     -------
     list of str
         The words, prefix included, boundary tokens excluded.
     """
-    if sampler is None:
-        sampler = Sampler(model, vocab, rng)
+    sampler = _checked_sampler(model, vocab, rng, sampler)
     if "SENTENCE_START" in vocab:
         start, end = vocab.word_to_index[SENTENCE_START], vocab.word_to_index[SENTENCE_END]
     elif "<eos>" in vocab:
@@ -193,6 +195,30 @@ def generate_sentence(model, vocab, rng=None, min_length=0, max_length=100,
     return (words + vocab.decode(body))[:max_length]
 
 
+def _checked_sampler(model, vocab, rng, sampler):
+    """``sampler``, after checking it samples ``model`` over ``vocab``; or a new one."""
+    if sampler is None:
+        if model is None:
+            raise ValueError("pass a model or a sampler")
+        return Sampler(model, vocab, rng)
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be a Sampler, got {type(sampler).__name__}")
+    if model is not None and model is not getattr(sampler, "model", None):
+        H, n_words = model_parameters(model)[0].shape
+        if (H, n_words) != (sampler.H, sampler.n_words):
+            raise ValueError(
+                f"the sampler was made from a model with hidden size {sampler.H} and "
+                f"{sampler.n_words} words, but the model passed has hidden size {H} and "
+                f"{n_words} words; pass the sampler's own model (or no sampler)")
+    if len(vocab) != sampler.n_words:
+        raise ValueError(f"vocabulary has {len(vocab)} entries but the sampler's model has "
+                         f"{sampler.n_words} words")
+    if sampler.vocab is not None and sampler.vocab is not vocab and sampler.vocab != vocab:
+        raise ValueError(f"the sampler was made with a different vocabulary ({sampler.vocab!r}) "
+                         f"than the one passed ({vocab!r})")
+    return sampler
+
+
 def _prefix_words(prefix, vocab):
     if prefix is None or prefix == "":
         return []
@@ -210,10 +236,9 @@ def generate_text(model, vocab, length=200, prefix="\n", rng=None, temperature=1
     """Sample ``length`` tokens after ``prefix`` and join them (character models).
 
     Returns the prefix followed by the new text.  For word vocabularies the tokens are
-    joined by spaces.
+    joined by spaces.  A ``sampler`` is checked as in :func:`generate_sentence`.
     """
-    if sampler is None:
-        sampler = Sampler(model, vocab, rng)
+    sampler = _checked_sampler(model, vocab, rng, sampler)
     if vocab.kind == "chars":
         toks = list(prefix) or ["\n"]
         sep = ""

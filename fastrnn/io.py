@@ -19,7 +19,9 @@ dimension, dtype or mutually inconsistent shapes, non-finite values
 (:class:`ModelFileError`, a :class:`ValueError`).
 """
 import json
+import numbers
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -69,8 +71,8 @@ def atomic_write(path, write):
     """
     path = os.fspath(path)
     dirname = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=dirname, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dirname, prefix=_TEMP_PREFIX.format(os.path.basename(path)),
+                               suffix=_TEMP_SUFFIX)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp, _file_mode(path))
@@ -89,10 +91,57 @@ def atomic_write(path, write):
     return path
 
 
-def _npz_path(path):
+# Temporary files of atomic_write: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp).
+_TEMP_PREFIX = ".{}."
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name_re(path):
+    """Regular expression matching the base names of :func:`atomic_write`'s temporaries for
+    ``path`` (``tempfile`` draws 8 characters from ``[a-z0-9_]``)."""
+    base = os.path.basename(os.fspath(path))
+    return re.compile(re.escape(_TEMP_PREFIX.format(base)) + r"[a-z0-9_]{8}"
+                      + re.escape(_TEMP_SUFFIX) + r"\Z")
+
+
+def remove_stale_temps(path):
+    """Remove temporary files left by :func:`atomic_write` calls on ``path`` that never
+    finished (the process was killed mid-write).
+
+    Only regular files in ``path``'s directory whose names match the temporary-file pattern
+    of exactly this ``path`` are removed.  Call it only when no other process is writing
+    ``path``.  Returns the paths removed; errors (a file already gone, no permission) are
+    ignored.
+    """
+    path = os.fspath(path)
+    dirname = os.path.dirname(os.path.abspath(path))
+    pattern = _temp_name_re(path)
+    removed = []
+    try:
+        names = os.listdir(dirname)
+    except OSError:
+        return removed
+    for name in names:
+        if not pattern.match(name):
+            continue
+        full = os.path.join(dirname, name)
+        try:
+            if os.path.isfile(full) and not os.path.islink(full):
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            pass
+    return removed
+
+
+def npz_path(path):
+    """``path`` with ``.npz`` appended if it lacks it, as :func:`numpy.savez` does."""
     # np.savez appends ".npz" to a file name without it; the tutorial relied on that.
     path = os.fspath(path)
     return path if path.endswith(".npz") else path + ".npz"
+
+
+_npz_path = npz_path        # the former private name
 
 
 def write_npz(path, arrays, meta=None):
@@ -100,7 +149,7 @@ def write_npz(path, arrays, meta=None):
 
     Returns the path written (``.npz`` appended if missing, as ``np.savez`` does).
     """
-    path = _npz_path(path)
+    path = npz_path(path)
     arrays = dict(arrays)
     if meta is not None:
         # allow_nan: a perplexity can overflow to inf (written as Infinity, read back by json)
@@ -130,19 +179,37 @@ def read_npz(path):
         what = "empty" if size == 0 else "not a zip archive (truncated or not a model file)"
         raise ModelFileError(f"{path}: not a NumPy .npz model file: {what}")
     arrays = {}
+    not_arrays = []
     try:
         with warnings.catch_warnings():
             # Files written on Python 2 (the tutorial's) need extra header parsing; NumPy
             # warns each time, though they load fine.
             warnings.filterwarnings("ignore", message=".*created on Python 2.*")
             with np.load(path, allow_pickle=False) as npz:
+                zf = getattr(npz, "zip", None)       # NpzFile's ZipFile (names with .npy)
+                members = set(zf.namelist()) if zf is not None else set()
                 for key in npz.files:
-                    arrays[key] = npz[key]
+                    arrays[key] = value = npz[key]
+                    if not isinstance(value, np.ndarray):
+                        # np.load returns the raw bytes of a member without the .npy magic
+                        not_arrays.append(key + ".npy" if key + ".npy" in members else key)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{path}: unreadable .npz file (truncated or corrupt?): "
                              f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # zlib.error and friends from a damaged member
         raise ModelFileError(f"{path}: unreadable .npz file: {type(exc).__name__}: {exc}") from None
+    if not_arrays:
+        msg = f"{path}: member {not_arrays[0]!r} is not a NumPy .npy array"
+        if len(not_arrays) > 1:
+            msg += f" (nor are {', '.join(repr(n) for n in not_arrays[1:])})"
+        missing = [k for k in ("U", "V", "W")
+                   if not isinstance(arrays.get(k), np.ndarray)
+                   and not any(n in (k, k + ".npy") for n in not_arrays)]
+        if missing == ["U", "V", "W"]:
+            msg += " (not an RNN model file: missing array(s) U, V, W)"
+        else:
+            msg += " (corrupt model file?)"
+        raise ModelFileError(msg)
     meta = None
     if META_KEY in arrays:
         raw = arrays.pop(META_KEY)
@@ -153,8 +220,9 @@ def read_npz(path):
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{path}: the {META_KEY} record is corrupt: {exc}") from None
         version = meta.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise ModelFileError(f"{path}: the {META_KEY} record has no valid format_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelFileError(f"{path}: the {META_KEY} record has no valid format_version "
+                                 f"(expected an integer >= 1, got {version!r:.40})")
         if version > FORMAT_VERSION:
             raise ModelFileError(f"{path}: format version {version} is newer than this fastrnn "
                                  f"reads ({FORMAT_VERSION}); upgrade fastrnn")
@@ -170,6 +238,9 @@ def check_parameters(path, arrays):
                              f"{', '.join(missing)} (found: {have or 'none'})")
     U, V, W = arrays["U"], arrays["V"], arrays["W"]
     for name, a in (("U", U), ("V", V), ("W", W)):
+        if not isinstance(a, np.ndarray):
+            raise ModelFileError(f"{path}: {name} is {type(a).__name__}, expected a NumPy "
+                                 f"array")
         if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
             raise ModelFileError(f"{path}: array {name} has dtype {a.dtype}, expected float32 "
                                  f"or float64")
@@ -337,8 +408,40 @@ def save_model(path, model, vocab=None, config=None):
     return write_npz(path, {"U": U, "V": V, "W": W}, make_meta(model, vocab, config))
 
 
+#: Config keys that fastrnn itself reads back (``fastrnn evaluate``), with their checks.
+CONFIG_MODES = ("sentence", "stream")
+
+
+def _record(path, meta, key):
+    """``meta[key]``: a JSON object or None (absent), else :class:`ModelFileError`."""
+    value = (meta or {}).get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ModelFileError(f"{path}: the {META_KEY} record's {key!r} must be a JSON object "
+                             f"or null, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def check_config(path, config):
+    """Check a stored ``config`` record; returns it as a dict (empty if absent).
+
+    The record is free-form, but the keys fastrnn reads back must be usable: ``bptt`` a
+    positive integer and ``mode`` one of ``sentence``/``stream`` (or null).
+    """
+    config = dict(config or {})
+    bptt = config.get("bptt")
+    if bptt is not None and (isinstance(bptt, bool) or not isinstance(bptt, numbers.Integral)
+                             or bptt < 1):
+        raise ModelFileError(f"{path}: the stored config has bptt={bptt!r}, expected a "
+                             f"positive integer")
+    mode = config.get("mode")
+    if mode is not None and mode not in CONFIG_MODES:
+        raise ModelFileError(f"{path}: the stored config has mode={mode!r}, expected one of "
+                             f"{', '.join(CONFIG_MODES)}")
+    return config
+
+
 def _vocab_from_meta(path, meta, word_dim):
-    if not meta or not meta.get("vocab"):
+    if not _record(path, meta, "vocab"):
         return None
     try:
         vocab = Vocabulary.from_dict(meta["vocab"])
@@ -362,9 +465,11 @@ def load_model(path, backend=None):
     path = os.fspath(path)
     arrays, meta = read_npz(path)
     U, V, W = check_parameters(path, arrays)
+    model_record = _record(path, meta, "model")
+    config = check_config(path, _record(path, meta, "config"))
     try:
-        model = build_model(U, V, W, (meta or {}).get("model"), backend)
+        model = build_model(U, V, W, model_record, backend)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: cannot build the model: {exc}") from None
     vocab = _vocab_from_meta(path, meta, U.shape[1])
-    return LoadedModel(model, vocab, dict((meta or {}).get("config") or {}))
+    return LoadedModel(model, vocab, config)

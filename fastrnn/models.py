@@ -99,6 +99,7 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
     list of _Layer
         One forward cache per layer; ``caches[-1].Hs[1:]`` is the top output ``(T, B, H)``.
     """
+    _check_stack(cell, layers, X0, h0, c0, mask)
     T, B = X0.shape[:2]
     dt = X0.dtype
     out = []
@@ -150,9 +151,13 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
     dh0, dc0 : ndarray, shape (L, B, H) (``dc0`` None unless LSTM)
     """
     L = len(layers)
-    T, B = dTop.shape[:2]
-    dt = dTop.dtype
     H = layers[0][1].shape[1]
+    if len(caches) != L:
+        raise ValueError(f"stack_backward: {len(caches)} forward caches for {L} layers")
+    T, B = caches[0].Hs.shape[0] - 1, caches[0].Hs.shape[1]
+    _check_array(dTop, "dTop", (T, B, H), caches[0].Hs.dtype)
+    _check_array(mask, "mask", (T, B), caches[0].Hs.dtype)
+    dt = dTop.dtype
     grads = [None] * L
     dh0 = np.empty((L, B, H), dt)
     dc0 = np.empty((L, B, H), dt) if cell == "lstm" else None
@@ -200,6 +205,63 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
 
 # ----------------------------------------------------------------------------- validation
 
+def _check_array(a, name, shape, dtype):
+    """``a`` must be a C-contiguous ndarray of exactly ``dtype`` and ``shape`` (no values read).
+
+    This is what the compiled kernels assume of every array they index (they have no bounds
+    checks and never raise), so it is checked here, once per call, before they run.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray), got a "
+                         f"non-contiguous or Fortran-ordered array of shape {a.shape}")
+    return a
+
+
+def _check_stack(cell, layers, X0, h0, c0, mask):
+    """Shapes, dtypes and layouts of everything :func:`stack_forward` gives the kernels.
+
+    O(number of layers); values are not read.  Callers check their own parameters first
+    with their own names (:meth:`_LanguageModel._check_params` ...); this is the backstop
+    that keeps any caller of :func:`stack_forward` from reaching a kernel with arrays of
+    inconsistent sizes.
+    """
+    if cell not in _GATES:
+        raise ValueError(f"cell must be one of {sorted(_GATES)}, got {cell!r}")
+    if not isinstance(X0, np.ndarray) or X0.ndim != 3:
+        raise ValueError(f"X0 must be a (T, B, I) array, got "
+                         f"{getattr(X0, 'shape', type(X0).__name__)}")
+    dt = X0.dtype
+    if dt not in _validate.FLOAT_DTYPES:
+        raise TypeError(f"X0 must be float32 or float64, got dtype {dt}")
+    T, B, I = X0.shape
+    _check_array(X0, "X0", (T, B, I), dt)
+    L = len(layers)
+    if L == 0:
+        raise ValueError("layers is empty; expected at least one layer")
+    W_hh0 = layers[0][1]
+    if not isinstance(W_hh0, np.ndarray) or W_hh0.ndim != 2:
+        raise ValueError(f"layer 0 W_hh must be a (G*H, H) array, got "
+                         f"{getattr(W_hh0, 'shape', type(W_hh0).__name__)}")
+    H = W_hh0.shape[1]
+    G = _GATES[cell] * H
+    for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(layers):
+        _check_array(W_ih, f"layer {k} W_ih", (G, I if k == 0 else H), dt)
+        _check_array(W_hh, f"layer {k} W_hh", (G, H), dt)
+        for bn, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+            if b is not None:
+                _check_array(b, f"layer {k} {bn}", (G,), dt)
+    _check_array(h0, "h0", (L, B, H), dt)
+    if cell == "lstm":
+        _check_array(c0, "c0", (L, B, H), dt)
+    _check_array(mask, "mask", (T, B), dt)
+
+
 def _tokens2d(x, vocab_size, name):
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be a (T, B) array of integer token ids, got {type(x).__name__}")
@@ -242,9 +304,12 @@ def _state(h, L, B, H, dtype, name):
         raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
     if arr.shape != (L, B, H):
         raise ValueError(f"{name} must have shape (num_layers, B, H) = {(L, B, H)}, got {arr.shape}")
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)    # cast first: 1e300 is inf in float32
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds {int(arr.size - np.isfinite(arr).sum())} non-finite value(s)")
-    return np.ascontiguousarray(arr, dtype=dtype)
+        raise ValueError(f"{name} holds {int(arr.size - np.isfinite(arr).sum())} non-finite "
+                         f"value(s) (in {np.dtype(dtype).name})")
+    return arr
 
 
 def _flag(v, name):
@@ -303,12 +368,63 @@ class _LanguageModel:
     def parameters(self):
         """The live parameter arrays, ``name -> ndarray`` (see the module docstring).
 
-        An optimizer given this dict updates the model in place.
+        An optimizer given this dict updates the model in place.  Prefer assigning in place
+        (``parameters()[name][...] = values``); a replaced entry must be a C-contiguous
+        array of the model's dtype and exact shape, which every call checks (O(number of
+        parameters)) before any kernel runs.
         """
         return self._params
 
     def _shapes(self):
         return {n: a.shape for n, a in self._params.items()}
+
+    def _expected_shapes(self):
+        """``name -> shape`` every parameter must have, from the model's sizes (in order)."""
+        V, E, H, L = self.vocab_size, self.embedding_dim, self.hidden_size, self.num_layers
+        GH = _GATES[self.cell] * H
+        out = {"embedding.weight": (V, E)}
+        for k in range(L):
+            out[f"weight_ih_l{k}"] = (GH, E if k == 0 else H)
+            out[f"weight_hh_l{k}"] = (GH, H)
+            if self.bias:
+                out[f"bias_ih_l{k}"] = (GH,)
+                out[f"bias_hh_l{k}"] = (GH,)
+        out["decoder.weight"] = (V, H)
+        out["decoder.bias"] = (V,)
+        return out
+
+    def _check_params(self):
+        """Check the live parameters before any kernel runs; O(number of parameters).
+
+        :meth:`parameters` is a live dict, so an entry may have been replaced since the
+        last call: every one must be present, an ndarray of the model's dtype,
+        C-contiguous and of exactly the shape the sizes give.  Values are not scanned
+        (NaN/inf are checked where values are loaded: :meth:`load_state_dict`).
+        """
+        if self.dtype not in _validate.FLOAT_DTYPES:
+            raise TypeError(f"model dtype must be float32 or float64, got {self.dtype}")
+        p = self._params
+        want = self._expected_shapes()
+        if len(p) != len(want) or any(n not in p for n in want):
+            missing = [n for n in want if n not in p]
+            extra = [n for n in p if n not in want]
+            raise ValueError(f"parameters() must hold exactly {list(want)}; missing {missing}, "
+                             f"unexpected {extra}")
+        dt = self.dtype
+        for n, shape in want.items():
+            a = p[n]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
+            if a.dtype != dt:
+                raise TypeError(f"parameter {n} must have dtype {dt.name} (the model's dtype), "
+                                f"got {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
+                                 f"Fortran-ordered array (use np.ascontiguousarray, or assign "
+                                 f"in place: parameters()[{n!r}][...] = values)")
+        return p
 
     def state_dict(self):
         """Copies of the parameters, ``name -> ndarray``."""
@@ -317,28 +433,45 @@ class _LanguageModel:
     def load_state_dict(self, state_dict):
         """Copy values into the live parameter arrays (in place, so optimizers stay valid).
 
-        Keys must be exactly those of :meth:`parameters`; shapes must match; values must be
-        finite.  Nothing is changed unless every entry is valid.
+        Keys must be exactly those of :meth:`parameters`; shapes must be those the model's
+        sizes give; values must be finite *in the model's dtype* (they are cast first, so a
+        finite float64 1e300 is rejected for a float32 model).  Nothing is changed unless
+        every entry is valid.  A live entry that was replaced by an unusable array (wrong
+        shape, dtype or layout) is replaced by a new array holding the loaded values.
         """
-        keys, want = set(state_dict), set(self._params)
+        want_shapes = self._expected_shapes()
+        keys, want = set(state_dict), set(want_shapes)
         if keys != want:
             raise ValueError(f"state_dict keys do not match the model: missing "
                              f"{sorted(want - keys)}, unexpected {sorted(keys - want)}")
+        dt = self.dtype
         vals = {}
-        for n, p in self._params.items():
+        for n, shape in want_shapes.items():
             v = state_dict[n]
             if hasattr(v, "detach"):
                 v = v.detach().cpu().numpy()
             v = np.asarray(v)
             if v.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{n!r}] must be a float array, got dtype {v.dtype}")
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{n!r}] has shape {v.shape}, expected {p.shape}")
+            if v.shape != shape:
+                raise ValueError(f"state_dict[{n!r}] has shape {v.shape}, expected {shape}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                v = np.array(v, dtype=dt, order="C")        # cast first, then check
             if not np.isfinite(v).all():
-                raise ValueError(f"state_dict[{n!r}] holds non-finite values")
+                bad = int(v.size - np.count_nonzero(np.isfinite(v)))
+                raise ValueError(f"state_dict[{n!r}] holds {bad} non-finite value(s) "
+                                 f"(NaN or inf in {dt.name})")
             vals[n] = v
-        for n, p in self._params.items():
-            p[...] = vals[n]
+        p = self._params
+        for n, shape in want_shapes.items():
+            a = p.get(n)
+            if (isinstance(a, np.ndarray) and a.dtype == dt and a.shape == shape
+                    and a.flags.c_contiguous and a.flags.writeable):
+                a[...] = vals[n]              # in place: optimizers holding it stay valid
+            else:
+                p[n] = vals[n]
+        for n in [n for n in p if n not in want_shapes]:
+            del p[n]
 
     def to_torch_state_dict(self, rnn_prefix="rnn.", tensors=True):
         """The parameters under the key names of ``Embedding + RNN/GRU/LSTM + Linear``.
@@ -382,11 +515,21 @@ class _LanguageModel:
         """
         sd = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
               for k, v in state_dict.items()}
-        for key in ("embedding.weight", f"{rnn_prefix}weight_hh_l0", "decoder.weight"):
+        for key, dims in (("embedding.weight", "(V, E)"),
+                          (f"{rnn_prefix}weight_hh_l0", "(G*H, H)"),
+                          ("decoder.weight", "(V, H)")):
             if key not in sd:
                 raise ValueError(f"state_dict has no key {key!r}; keys are {sorted(sd)}")
+            if sd[key].ndim != 2:
+                raise ValueError(f"state_dict[{key!r}] must be 2-D {dims}, got shape "
+                                 f"{sd[key].shape}")
         V, E = sd["embedding.weight"].shape
         GH, H = sd[f"{rnn_prefix}weight_hh_l0"].shape
+        for key, n in (("embedding.weight", V), ("embedding.weight", E),
+                       (f"{rnn_prefix}weight_hh_l0", H)):
+            if n == 0:
+                raise ValueError(f"state_dict[{key!r}] has an empty dimension: shape "
+                                 f"{sd[key].shape}")
         G = _GATES[cls.cell]
         if GH != G * H:
             raise ValueError(f"{rnn_prefix}weight_hh_l0 has shape {(GH, H)}; a {cls.__name__} "
@@ -441,6 +584,7 @@ class _LanguageModel:
 
     # -- passes -------------------------------------------------------------------
     def _run(self, x, hidden, mask):
+        self._check_params()
         xa = _tokens2d(x, self.vocab_size, "x")
         T, B = xa.shape
         m = _mask(mask, (T, B), self.dtype)
@@ -491,6 +635,13 @@ class _LanguageModel:
         count = float(m.sum())
         if count == 0:
             raise ValueError("mask selects no tokens; the mean loss is undefined")
+        # rnn_softmax_xent indexes Z[i, y[i]] without bounds checks: y was checked against
+        # vocab_size, so the logits must be exactly that wide (guaranteed by _check_params).
+        n_tok = xa.size
+        if Z.shape != (n_tok, self.vocab_size) or Z.dtype != self.dtype \
+                or not Z.flags.c_contiguous:
+            raise ValueError(f"logits must be a C-contiguous {self.dtype.name} array of shape "
+                             f"(T*B, vocab_size) = {(n_tok, self.vocab_size)}, got {Z.shape}")
         total = float(self._be.rnn_softmax_xent(Z, ya.reshape(-1), m.reshape(-1), 1.0 / count))
         return total / count, xa, m, layers, caches, top, Z
 

@@ -357,9 +357,13 @@ class Optimizer:
             if a.shape != p.shape:
                 raise ValueError(f"state_dict entry {key!r} has shape {a.shape}, expected "
                                  f"{p.shape} (parameter {name!r})")
+            if a.dtype != p.dtype:
+                # cast first, then check: a finite float64 1e300 is inf in float32
+                with np.errstate(over="ignore", invalid="ignore"):
+                    a = a.astype(p.dtype)
             if not _all_finite(a):
                 raise ValueError(f"state_dict entry {key!r} holds {_nonfinite_count(a)} "
-                                 f"non-finite value(s)")
+                                 f"non-finite value(s) (NaN or inf in {p.dtype})")
             arrays.append((self._state[slot][name], a))
         # All checked: assign.
         self._lr = lr

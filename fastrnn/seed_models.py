@@ -28,6 +28,8 @@ from . import _validate
 from .backends import get_backend
 from .models import _kernel, stack_backward, stack_forward
 
+_THEANO_PARAMS = ("E", "U", "W", "V", "b", "c")
+
 __all__ = ["GRUTheano", "RNNKeras", "char_windows", "sample"]
 
 
@@ -35,6 +37,13 @@ def _softmax_rows(Z):
     Z = Z - Z.max(axis=1, keepdims=True)
     np.exp(Z, out=Z)
     Z /= Z.sum(axis=1, keepdims=True)
+    return Z
+
+
+def _logits(Z, n, V):
+    """``Z`` as ``rnn_softmax_xent`` needs it: C-contiguous ``(n, V)`` (ids are < V)."""
+    if Z.shape != (n, V) or not Z.flags.c_contiguous:
+        raise ValueError(f"logits must have shape (T, vocabulary) = {(n, V)}, got {Z.shape}")
     return Z
 
 
@@ -115,6 +124,63 @@ class GRUTheano:
 
     _flags = {"reset_after": False, "hard_gates": True}
 
+    def _check(self, caches=False):
+        """Check the (assignable) attributes before any kernel runs; returns ``word_dim``.
+
+        ``E, U, W, V, b, c``, ``word_dim`` and ``hidden_dim`` are plain attributes (the
+        tutorial's loaders assign them), so they are checked here, on every call, in
+        O(1): each parameter an ndarray of float32/float64, all of one dtype, with the
+        shape ``word_dim`` and ``hidden_dim`` give.  Values are not scanned.  Token ids are
+        then checked against ``word_dim``, which is then ``V.shape[0]``, the real
+        vocabulary.  (The kernels receive contiguous copies made by :meth:`_layers` and
+        :meth:`_forward`, so the attributes' memory layout does not matter.)
+        """
+        Vd = _validate.positive_int(self.word_dim, "word_dim")
+        H = _validate.positive_int(self.hidden_dim, "hidden_dim")
+        k = self.bptt_truncate
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or (k != -1 and k < 1):
+            raise ValueError(f"bptt_truncate must be -1 (full) or an integer >= 1, got {k!r}")
+        shapes = {"E": ((H, Vd), "(hidden_dim, word_dim)"),
+                  "U": ((6, H, H), "(6, hidden_dim, hidden_dim)"),
+                  "W": ((6, H, H), "(6, hidden_dim, hidden_dim)"),
+                  "V": ((Vd, H), "(word_dim, hidden_dim)"),
+                  "b": ((6, H), "(6, hidden_dim)"),
+                  "c": ((Vd,), "(word_dim,)")}
+        dt = None
+        for name in _THEANO_PARAMS:
+            a = getattr(self, name, None)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"GRUTheano.{name} must be a numpy array, got {type(a).__name__}")
+            if a.dtype not in _validate.FLOAT_DTYPES:
+                raise TypeError(f"GRUTheano.{name} must be float32 or float64, got dtype {a.dtype}")
+            if dt is None:
+                dt = a.dtype
+            elif a.dtype != dt:
+                raise TypeError(f"GRUTheano.{name} has dtype {a.dtype}, expected {dt} like E")
+            want, desc = shapes[name]
+            if a.shape != want:
+                raise ValueError(f"GRUTheano.{name} must have shape {desc} = {want} "
+                                 f"(word_dim={Vd}, hidden_dim={H}), got {a.shape}; assign "
+                                 f"E, U, W, V, b, c and word_dim, hidden_dim consistently")
+        if caches:
+            for name in _THEANO_PARAMS:
+                p, m = getattr(self, name), getattr(self, "m" + name, None)
+                if not isinstance(m, np.ndarray) or m.shape != p.shape or m.dtype != p.dtype:
+                    got = (f"{m.dtype} {m.shape}" if isinstance(m, np.ndarray)
+                           else type(m).__name__)
+                    raise ValueError(f"GRUTheano.m{name} (RMSprop cache) must be a {p.dtype} "
+                                     f"array of shape {p.shape} like {name}, got {got}")
+                if not p.flags.writeable or not m.flags.writeable:
+                    raise ValueError(f"GRUTheano.{name} and m{name} must be writeable "
+                                     f"(sgd_step updates them in place)")
+        return self.V.shape[0]
+
+    def _tokens(self, x):
+        return _validate.tokens(x, self._check(), "x")
+
+    def _pair(self, x, y, caches=False):
+        return _validate.pair(x, y, self._check(caches))
+
     def _layers(self):
         H = self.hidden_dim
         out = []
@@ -140,7 +206,7 @@ class GRUTheano:
 
     def forward_propagation(self, x):
         """Logits' softmax ``o (T, V)`` and the top-layer states ``s2 (T, H)``."""
-        xa = _validate.tokens(x, self.word_dim, "x")
+        xa = self._tokens(x)
         _, _, _, top, Z = self._forward(xa, self._h0())
         return _softmax_rows(Z), top.copy()
 
@@ -154,9 +220,10 @@ class GRUTheano:
 
     def ce_error(self, x, y):
         """Total cross-entropy of the sentence, ``-sum_t log o_t[y_t]``."""
-        xa, ya = _validate.pair(x, y, self.word_dim)
+        xa, ya = self._pair(x, y)
         _, _, mask, _, Z = self._forward(xa, self._h0())
-        return float(self._be.rnn_softmax_xent(Z, ya, mask.reshape(-1), 1.0))
+        return float(self._be.rnn_softmax_xent(_logits(Z, len(xa), self.V.shape[0]), ya,
+                                               mask.reshape(-1), 1.0))
 
     def bptt(self, x, y):
         """Gradients of :meth:`ce_error`: ``[dE, dU, dW, db, dV, dc]`` (the tutorial's order).
@@ -164,7 +231,7 @@ class GRUTheano:
         With ``bptt_truncate = k >= 1`` only the last ``k`` steps are differentiated (their
         initial state taken as a constant), as Theano's ``truncate_gradient`` does.
         """
-        xa, ya = _validate.pair(x, y, self.word_dim)
+        xa, ya = self._pair(x, y)
         return self._grads(xa, ya)[1]
 
     def _grads(self, xa, ya):
@@ -179,7 +246,8 @@ class GRUTheano:
             xa, ya = xa[T - k:], ya[T - k:]
             T = k
         layers, caches, mask, top, dZ = self._forward(xa, h0)
-        loss = float(self._be.rnn_softmax_xent(dZ, ya, mask.reshape(-1), 1.0))
+        loss = float(self._be.rnn_softmax_xent(_logits(dZ, T, self.V.shape[0]), ya,
+                                               mask.reshape(-1), 1.0))
         dV = dZ.T @ top
         dc = dZ.sum(axis=0)
         dTop = (dZ @ self.V).reshape(T, 1, H)
@@ -208,7 +276,7 @@ class GRUTheano:
         decay = _validate.finite_scalar(decay, "decay")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
-        xa, ya = _validate.pair(x, y, self.word_dim)
+        xa, ya = self._pair(x, y, caches=True)
         loss, grads = self._grads(xa, ya)
         for name, g in zip(("E", "U", "W", "b", "V", "c"), grads):
             p = getattr(self, name)
@@ -220,12 +288,12 @@ class GRUTheano:
 
     def calculate_total_loss(self, X, Y):
         """Sum of :meth:`ce_error` over lists of sentences."""
-        pairs = _validate.corpus(X, Y, self.word_dim)
+        pairs = _validate.corpus(X, Y, self._check())
         return float(sum(self.ce_error(x, y) for x, y in pairs))
 
     def calculate_loss(self, X, Y):
         """Mean cross-entropy per word over lists of sentences."""
-        pairs = _validate.corpus(X, Y, self.word_dim)
+        pairs = _validate.corpus(X, Y, self._check())
         num_words = sum(len(y) for _, y in pairs)
         return float(sum(self.ce_error(x, y) for x, y in pairs)) / num_words
 
@@ -314,6 +382,42 @@ class RNNKeras:
         (Keras has one bias), ``dense.weight (V, H)``, ``dense.bias (V,)``."""
         return self._params
 
+    def _expected_shapes(self):
+        Vs = _validate.positive_int(self.vector_size, "vector_size")
+        H = _validate.positive_int(self.output_size, "output_size")
+        return {"weight_ih_l0": (4 * H, Vs), "weight_hh_l0": (4 * H, H), "bias_l0": (4 * H,),
+                "dense.weight": (Vs, H), "dense.bias": (Vs,)}
+
+    def _check_params(self):
+        """Check the live parameters before any kernel runs; O(number of parameters).
+
+        :meth:`parameters` is a live dict: each entry must still be present, an ndarray of
+        the model's dtype, C-contiguous, of exactly the shape ``vector_size`` and
+        ``output_size`` give.  Values are not scanned (:meth:`set_weights` checks them).
+        """
+        if self.dtype not in _validate.FLOAT_DTYPES:
+            raise TypeError(f"model dtype must be float32 or float64, got {self.dtype}")
+        p = self._params
+        want = self._expected_shapes()
+        if len(p) != len(want) or any(n not in p for n in want):
+            raise ValueError(f"parameters() must hold exactly {list(want)}; missing "
+                             f"{[n for n in want if n not in p]}, unexpected "
+                             f"{[n for n in p if n not in want]}")
+        for n, shape in want.items():
+            a = p[n]
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
+            if a.dtype != self.dtype:
+                raise TypeError(f"parameter {n} must have dtype {self.dtype.name} (the model's "
+                                f"dtype), got {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
+                                 f"Fortran-ordered array (assign in place: "
+                                 f"parameters()[{n!r}][...] = values)")
+        return p
+
     def get_weights(self):
         """Keras's ``model.get_weights()`` list (copies), see the class notes."""
         p = self._params
@@ -323,22 +427,36 @@ class RNNKeras:
     def set_weights(self, weights):
         """Load Keras's ``model.get_weights()`` list (in place)."""
         p = self._params
+        shapes = self._expected_shapes()
         names = ("weight_ih_l0", "weight_hh_l0", "bias_l0", "dense.weight", "dense.bias")
         if len(weights) != 5:
             raise ValueError(f"expected 5 arrays (kernel, recurrent_kernel, bias, dense kernel, "
                              f"dense bias), got {len(weights)}")
+        dt = self.dtype
         vals = []
         for k, (name, w) in enumerate(zip(names, weights)):
             w = np.asarray(w)
-            want = p[name].shape[::-1]                  # Keras stores the transposes
+            want = shapes[name][::-1]                   # Keras stores the transposes
             if w.shape != want:
                 raise ValueError(f"weights[{k}] ({name}) must have shape {want} in Keras's "
                                  f"layout, got {w.shape}")
-            if w.dtype.kind not in "fiu" or not np.isfinite(w).all():
-                raise ValueError(f"weights[{k}] ({name}) must be finite numbers")
-            vals.append(w.T)
+            if w.dtype.kind not in "fiu":
+                raise ValueError(f"weights[{k}] ({name}) must be finite numbers, got dtype "
+                                 f"{w.dtype}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = np.ascontiguousarray(w.T, dtype=dt)  # cast first: 1e300 is inf in float32
+            if not np.isfinite(w).all():
+                bad = int(w.size - np.count_nonzero(np.isfinite(w)))
+                raise ValueError(f"weights[{k}] ({name}) must be finite numbers; {bad} value(s) "
+                                 f"are NaN or inf in {dt.name}")
+            vals.append(w)
         for name, w in zip(names, vals):
-            p[name][...] = w
+            a = p.get(name)
+            if (isinstance(a, np.ndarray) and a.dtype == dt and a.shape == shapes[name]
+                    and a.flags.c_contiguous and a.flags.writeable):
+                a[...] = w
+            else:                  # the live entry was replaced by an unusable array
+                p[name] = w
 
     # -- passes -------------------------------------------------------------------
     def _inputs(self, X):
@@ -360,8 +478,8 @@ class RNNKeras:
     def _forward(self, Xb):
         """``Xb (N, L, V)`` -> caches, top state ``h_L (N, H)`` and logits ``(N, V)``."""
         N, L, _ = Xb.shape
+        p = self._check_params()
         H = self.output_size
-        p = self._params
         X0 = np.ascontiguousarray(Xb.transpose(1, 0, 2))           # time-major (L, N, V)
         zeros = np.zeros((1, N, H), self.dtype)
         mask = np.ones((L, N), self.dtype)
@@ -435,6 +553,15 @@ class RNNKeras:
                              f"got {y.shape}")
         bs = _validate.positive_int(batch_size, "batch_size")
         ep = _validate.positive_int(epochs, "epochs")
+        self._check_params()
+        live = getattr(self.optimizer, "params", None)
+        if live is not None:
+            stale = [n for n in self._params if live.get(n) is not self._params[n]]
+            if stale:
+                raise ValueError(f"parameters() entries {stale} were replaced by new arrays, "
+                                 f"but the optimizer still updates the old ones; assign in "
+                                 f"place (parameters()[name][...] = values or set_weights) "
+                                 f"or create a new optimizer on parameters()")
         history = []
         for _ in range(ep):
             order = self._rng.permutation(N) if shuffle else np.arange(N)

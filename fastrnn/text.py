@@ -53,6 +53,10 @@ UNK = "<unk>"
 
 #: Corpus formats understood by :func:`load_corpus`.
 FORMATS = ("csv", "text", "lines", "chars")
+#: Vocabulary kinds: how text is cut into tokens.
+KINDS = ("words", "lines", "chars")
+#: Corpus formats that produce the tokens of each vocabulary kind.
+KIND_FORMATS = {"words": ("csv", "text"), "lines": ("lines",), "chars": ("chars",)}
 
 
 class CorpusError(ValueError):
@@ -246,6 +250,8 @@ class Vocabulary:
     """
 
     def __init__(self, index_to_word, unknown_token=UNKNOWN_TOKEN, kind="words"):
+        if kind not in KINDS:
+            raise ValueError(f"vocabulary kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.index_to_word = [str(w) for w in index_to_word]
         self.unknown_token = unknown_token
         self.kind = kind
@@ -320,10 +326,21 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, d):
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on a malformed record."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a vocabulary record: expected a JSON object, got "
+                             f"{type(d).__name__}")
         try:
-            return cls(d["index_to_word"], d["unknown_token"], d.get("kind", "words"))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a vocabulary record: {exc!r}") from None
+            words, unknown = d["index_to_word"], d["unknown_token"]
+        except KeyError as exc:
+            raise ValueError(f"not a vocabulary record: no {exc}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"not a vocabulary record: index_to_word must be a list of "
+                             f"strings, got {type(words).__name__}"
+                             + ("" if not isinstance(words, list) else " with non-strings"))
+        if not isinstance(unknown, str):
+            raise ValueError(f"not a vocabulary record: unknown_token must be a string, got "
+                             f"{type(unknown).__name__} {unknown!r}")
+        return cls(words, unknown, d.get("kind", "words"))
 
     def to_json(self):
         """The :meth:`to_dict` record as a JSON string (UTF-8 text, not escaped)."""
@@ -530,6 +547,7 @@ def load_corpus(path, fmt="auto", vocabulary_size=8000, vocab=None, column=0,
         fmt = vocab_kind_format(vocab) if vocab is not None else guess_format(path)
         if fmt == "words":
             fmt = guess_format(path)
+    check_format(fmt, vocab)
     if fmt == "csv":
         return load_comments(path, vocabulary_size, column, splitter, vocab)
     if fmt == "text":
@@ -539,6 +557,21 @@ def load_corpus(path, fmt="auto", vocabulary_size=8000, vocab=None, column=0,
     if fmt == "chars":
         return load_chars(path, vocabulary_size, vocab)
     raise CorpusError(f"unknown corpus format {fmt!r}; expected one of auto, {', '.join(FORMATS)}")
+
+
+def check_format(fmt, vocab, option="format"):
+    """Raise :class:`CorpusError` if corpus format ``fmt`` does not give ``vocab``'s tokens.
+
+    Reading a text as characters with a word vocabulary (or the like) would turn nearly
+    every token into the unknown one.  ``option`` names the setting in the message (the
+    command line passes ``"--format"``).
+    """
+    if vocab is None or fmt not in FORMATS:
+        return
+    allowed = KIND_FORMATS.get(vocab.kind, ())
+    if fmt not in allowed:
+        raise CorpusError(f"{option} {fmt} does not match the vocabulary, whose tokens are "
+                          f"{vocab.kind} (expected {' or '.join(allowed)}, or auto)")
 
 
 def vocab_kind_format(vocab):

@@ -35,6 +35,7 @@ only written while the parameters are finite, so the last one on disk is good.
 """
 import hashlib
 import math
+import numbers
 import os
 import sys
 import time
@@ -43,9 +44,10 @@ import numpy as np
 
 from . import _validate
 from . import functional as F
-from .io import (FORMAT_VERSION, ModelFileError, build_model, check_parameters,
-                 make_meta, model_parameters, read_npz, write_npz)
-from .text import Vocabulary, sentences_to_stream
+from .io import (FORMAT_VERSION, ModelFileError, _record, _vocab_from_meta, build_model,
+                 check_config, check_parameters, make_meta, model_parameters, npz_path,
+                 read_npz, remove_stale_temps, write_npz)
+from .text import sentences_to_stream
 
 
 class TrainingDivergedError(RuntimeError):
@@ -53,6 +55,8 @@ class TrainingDivergedError(RuntimeError):
 
 
 MODES = ("sentence", "stream")
+#: Where :meth:`Trainer.train` is within an epoch: evaluate, draw the order, take steps.
+PHASES = ("eval", "order", "train")
 
 
 def _pairs_to_sentences(pairs):
@@ -91,6 +95,7 @@ def sentence_loss(model, pairs, ws=None):
 
 def stream_loss(model, stream, bptt=35, ws=None):
     """``(total cross-entropy, tokens)`` over a stream, hidden state carried across chunks."""
+    bptt = _validate.positive_int(bptt, "bptt")
     U, V, W = model_parameters(model)
     be = getattr(model, "backend", None)
     h = None
@@ -105,7 +110,7 @@ def stream_loss(model, stream, bptt=35, ws=None):
     return total, n
 
 
-def evaluate(model, X, y=None, mode="sentence", bptt=35):
+def evaluate(model, X, y=None, mode="sentence", bptt=35, unknown_index=None):
     """Per-word cross-entropy and perplexity of ``model`` on a corpus.
 
     Parameters
@@ -117,14 +122,22 @@ def evaluate(model, X, y=None, mode="sentence", bptt=35):
     mode : {"sentence", "stream"}
         Sentences from a zero state (the tutorial's ``calculate_loss``), or one stream with
         the state carried across chunks of ``bptt`` tokens.
+    bptt : int
+        Chunk length of ``mode="stream"`` (>= 1).
+    unknown_index : int, optional
+        Id of the vocabulary's unknown token; then the result also reports how many of the
+        predicted words (the targets ``y``) are out of the vocabulary.
 
     Returns
     -------
     dict
-        ``loss`` (nats per predicted word), ``perplexity`` (``exp(loss)``), ``tokens``.
+        ``loss`` (nats per predicted word), ``perplexity`` (``exp(loss)``), ``tokens``; with
+        ``unknown_index`` also ``oov_tokens`` and ``oov_rate`` (their fraction of the
+        targets, whatever the mode).
     """
     if y is None:
         X, y = X.X, X.y
+    bptt = _validate.positive_int(bptt, "bptt")
     U = model_parameters(model)[0]
     pairs = _validate.corpus(X, y, U.shape[1])
     ws = F.Workspace(U.shape[0], U.shape[1], U.dtype)
@@ -135,22 +148,31 @@ def evaluate(model, X, y=None, mode="sentence", bptt=35):
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     loss = total / n
-    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
-            "tokens": n}
+    out = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
+           "tokens": n}
+    if unknown_index is not None:
+        unk = _validate.positive_int(unknown_index, "unknown_index", minimum=0)
+        n_oov = sum(int(np.count_nonzero(ys == unk)) for _, ys in pairs)
+        n_targets = sum(len(ys) for _, ys in pairs)
+        out["oov_tokens"] = n_oov
+        out["oov_rate"] = n_oov / n_targets
+    return out
 
 
 def evaluate_file(model, vocab, path, fmt="auto", mode="sentence", bptt=35, **read_kw):
     """:func:`evaluate` on a corpus file read with the model's vocabulary.
 
     ``fmt`` and ``read_kw`` go to :func:`fastrnn.text.load_corpus`; words outside the
-    vocabulary count as its unknown token, as in training.
+    vocabulary count as its unknown token, as in training (the result's ``oov_rate``).  A
+    format that does not give the vocabulary's kind of tokens is a
+    :class:`fastrnn.text.CorpusError`.
     """
     from .text import load_corpus
 
     if fmt == "auto":
         fmt = {"lines": "lines", "chars": "chars"}.get(vocab.kind, "auto")
     corpus = load_corpus(path, fmt, len(vocab), vocab, **read_kw)
-    return evaluate(model, corpus, mode=mode, bptt=bptt)
+    return evaluate(model, corpus, mode=mode, bptt=bptt, unknown_index=vocab.unknown_index)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -183,7 +205,9 @@ class Trainer:
     seed : int
         Seed of the trainer's :class:`numpy.random.Generator`.
     checkpoint_path : str, optional
-        Where to write checkpoints; None writes none.
+        Where to write checkpoints (``.npz`` is appended if missing); None writes none.
+        Temporary files that killed writes of this checkpoint left in its directory are
+        removed when the trainer is made.
     checkpoint_every : int
         Steps (sentences or chunks) between periodic checkpoints; 0 only at evaluations.
     vocab : Vocabulary, optional
@@ -231,7 +255,8 @@ class Trainer:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self.checkpoint_path = os.fspath(checkpoint_path) if checkpoint_path else None
+        # np.savez (so write_npz) appends .npz: use the name actually written everywhere
+        self.checkpoint_path = npz_path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_every = _validate.positive_int(checkpoint_every, "checkpoint_every",
                                                        minimum=0)
         if vocab is not None and len(vocab) != self.n_words:
@@ -246,6 +271,9 @@ class Trainer:
         self.log_file = log_file
         self.fingerprint = _fingerprint(self.pairs)
         self._ws = F.Workspace(U.shape[0], U.shape[1], U.dtype)
+        if self.checkpoint_path:
+            # a process killed inside atomic_write leaves its temporary file behind
+            remove_stale_temps(self.checkpoint_path)
 
         if mode == "stream":
             self.stream = sentences_to_stream(_pairs_to_sentences(self.pairs))
@@ -300,6 +328,7 @@ class Trainer:
         path = path or self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path given")
+        path = npz_path(path)
         U, V, W = model_parameters(self.model)
         for name, a in (("U", U), ("V", V), ("W", W)):
             if not np.isfinite(a).all():
@@ -336,9 +365,16 @@ class Trainer:
                                  f"a model file can be trained further, not resumed")
         U, V, W = check_parameters(path, arrays)
         st = meta["train"]
+        if not isinstance(st, dict):
+            raise ModelFileError(f"{path}: corrupt checkpoint: the 'train' record must be a "
+                                 f"JSON object, got {type(st).__name__}")
         try:
-            model = build_model(U, V, W, meta.get("model"), backend)
-            vocab = Vocabulary.from_dict(meta["vocab"]) if meta.get("vocab") else None
+            model = build_model(U, V, W, _record(path, meta, "model"), backend)
+            vocab = _vocab_from_meta(path, meta, U.shape[1])
+            config = check_config(path, _record(path, meta, "config"))
+            for k in ("shuffle", "eval_train", "finished", "has_order", "has_h"):
+                if not isinstance(st[k], bool):
+                    _bad_field(path, k, "true or false", st[k])
             allowed = {"nepoch", "checkpoint_path", "progress", "verbose", "callback",
                        "log_file", "checkpoint_every"}
             bad = set(overrides) - allowed
@@ -349,7 +385,7 @@ class Trainer:
                       bptt=st["bptt"], truncation=st["truncation"], shuffle=st["shuffle"],
                       seed=st["seed"], checkpoint_every=st["checkpoint_every"],
                       eval_train=st["eval_train"], checkpoint_path=path, vocab=vocab,
-                      config=meta.get("config"))
+                      config=config)
             kw.update(overrides)
             model.bptt_truncate = st["bptt_truncate"]
             tr = cls(model, X_train, y_train, X_valid, y_valid, **kw)
@@ -363,25 +399,125 @@ class Trainer:
                 raise ModelFileError(f"{path}: {n_valid} validation sentences given, the "
                                      f"checkpointed run had {st['n_valid']}")
             rng = np.random.Generator(np.random.PCG64())
-            rng.bit_generator.state = st["rng_state"]
+            try:
+                rng.bit_generator.state = st["rng_state"]
+            except (TypeError, ValueError, KeyError) as exc:
+                if "rng_state" not in st:
+                    raise
+                _bad_field(path, "rng_state", "a PCG64 generator state", st["rng_state"],
+                           f" ({type(exc).__name__}: {exc})")
             tr.rng = rng
-            for k in ("epoch", "position", "phase", "steps", "examples_seen", "tokens_seen",
-                      "history", "run_loss", "run_tokens", "elapsed", "finished"):
-                setattr(tr, k, st[k])
-            tr.train_seconds = float(st.get("train_seconds", 0.0))
-            tr.learning_rate = float(st["learning_rate"])
-            tr.order = arrays["order"].astype(np.intp) if st["has_order"] else None
-            tr.h = np.ascontiguousarray(arrays["h"]) if st["has_h"] else None
+            tr._restore_state(path, st, arrays)
         except KeyError as exc:
             raise ModelFileError(f"{path}: checkpoint record lacks {exc}") from None
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ModelFileError):
                 raise
             raise ModelFileError(f"{path}: corrupt checkpoint: {exc}") from None
-        if tr.order is not None and len(tr.order) != len(tr.pairs):
-            raise ModelFileError(f"{path}: checkpointed order has {len(tr.order)} entries for "
-                                 f"{len(tr.pairs)} sentences")
         return tr
+
+    def _restore_state(self, path, st, arrays):
+        """Set the training state from checkpoint record ``st`` after checking every field.
+
+        A state that :meth:`train` could not have written (an order that is not a
+        permutation of the sentences, a position outside the epoch, an unknown phase,
+        negative or non-integer counters, a malformed history, a carried hidden state of
+        the wrong shape or non-finite) is a :class:`ModelFileError` naming ``path`` and the
+        field, instead of a silently wrong run or an error deep inside :meth:`train`.
+        """
+        counters = {}
+        for k in ("epoch", "steps", "examples_seen", "tokens_seen", "run_tokens"):
+            counters[k] = _nonneg_int(path, k, st[k])
+        phase = st["phase"]
+        if not isinstance(phase, str) or phase not in PHASES:
+            _bad_field(path, "phase", f"one of {', '.join(PHASES)}", phase)
+        position = _nonneg_int(path, "position", st["position"])
+        if position > self.n_steps:
+            _bad_field(path, "position", f"between 0 and the epoch's {self.n_steps} steps",
+                       position)
+        if phase != "train" and position != 0:
+            _bad_field(path, "position", f"0 in phase {phase!r}", position)
+        floats = {}
+        for k, default in (("run_loss", None), ("elapsed", None), ("train_seconds", 0.0)):
+            v = st[k] if default is None else st.get(k, default)
+            if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                    or not math.isfinite(v) or v < 0):
+                _bad_field(path, k, "a finite number >= 0", v)
+            floats[k] = float(v)
+        history = st["history"]
+        if not isinstance(history, list):
+            _bad_field(path, "history", "a list of evaluation records", history)
+        for i, rec in enumerate(history):
+            if not isinstance(rec, dict):
+                _bad_field(path, "history", "a list of evaluation records (JSON objects)",
+                           rec, f" (entry {i}), got {_got(rec)}")
+            for k in ("steps", "examples_seen"):
+                v = rec.get(k)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    _bad_field(path, "history", f"records with an integer {k!r} >= 0", v,
+                               f" (entry {i}), got {k}={v!r:.80}")
+            for k in ("loss", "train_loss", "valid_loss", "valid_ppl", "avg_step_loss",
+                      "learning_rate"):
+                v = rec.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                    _bad_field(path, "history", f"records whose {k!r} is a number or null", v,
+                               f" (entry {i}), got {k}={v!r:.80}")
+
+        order = None
+        if st["has_order"]:
+            if "order" not in arrays:
+                _bad_field(path, "order", "an array (the record says has_order)", None,
+                           ": the array is missing")
+            order = arrays["order"]
+            n = len(self.pairs)
+            if (order.dtype.kind not in "iu" or order.ndim != 1 or order.shape[0] != n
+                    or not np.array_equal(np.sort(order), np.arange(n))):
+                what = (f"dtype {order.dtype}" if order.dtype.kind not in "iu"
+                        else f"shape {order.shape}" if order.ndim != 1 or order.shape[0] != n
+                        else f"values in [{order.min()}, {order.max()}] with "
+                             f"{n - len(np.unique(order))} repeat(s)")
+                raise ModelFileError(
+                    f"{path}: corrupt checkpoint: field 'order' must be a permutation of the "
+                    f"{n} sentence indices 0..{n - 1} (an integer array of shape ({n},)), "
+                    f"got {what}")
+            order = np.ascontiguousarray(order, dtype=np.intp)
+        elif self.mode == "sentence" and phase == "train":
+            _bad_field(path, "order", "present during an epoch in sentence mode", None,
+                       ": the checkpoint holds none (has_order is false)")
+
+        h = None
+        H, _ = model_parameters(self.model)[0].shape
+        dtype = model_parameters(self.model)[0].dtype
+        if st["has_h"]:
+            if "h" not in arrays:
+                _bad_field(path, "h", "an array (the record says has_h)", None,
+                           ": the array is missing")
+            h = arrays["h"]
+            if h.dtype.kind != "f" or h.shape != (H,):
+                raise ModelFileError(
+                    f"{path}: corrupt checkpoint: field 'h' (the carried hidden state) must "
+                    f"be a float vector of shape ({H},), got dtype {h.dtype} shape {h.shape}")
+            with np.errstate(over="ignore"):
+                h = np.ascontiguousarray(h, dtype=dtype)
+            if not np.isfinite(h).all():
+                raise ModelFileError(f"{path}: corrupt checkpoint: field 'h' (the carried "
+                                     f"hidden state) holds non-finite values")
+        elif self.mode == "stream" and phase == "train" and position > 0:
+            _bad_field(path, "h", "present in the middle of a stream epoch", None,
+                       ": the checkpoint holds none (has_h is false)")
+
+        for k, v in counters.items():
+            setattr(self, k, v)
+        self.phase = phase
+        self.position = position
+        self.run_loss = floats["run_loss"]
+        self.elapsed = floats["elapsed"]
+        self.train_seconds = floats["train_seconds"]
+        self.history = history
+        self.finished = st["finished"]
+        self.learning_rate = float(st["learning_rate"])
+        self.order = order
+        self.h = h
 
     def _current_elapsed(self):
         t0 = getattr(self, "_t_session", None)
@@ -573,6 +709,22 @@ class Trainer:
         includes the bar's own overhead only.
         """
         return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def _bad_field(path, field, expected, got, detail=None):
+    """Raise the :class:`ModelFileError` of a checkpoint field that fails its check."""
+    tail = detail if detail is not None else f", got {_got(got)}"
+    raise ModelFileError(f"{path}: corrupt checkpoint: field {field!r} must be {expected}{tail}")
+
+
+def _got(v):
+    return f"{type(v).__name__} {v!r:.80}"
+
+
+def _nonneg_int(path, field, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        _bad_field(path, field, "an integer >= 0", v)
+    return v
 
 
 def train_with_sgd(model, X_train, y_train, **kwargs):

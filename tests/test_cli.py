@@ -123,3 +123,61 @@ def test_builtin_corpus_runs(tmp_path, cmd):
     assert "everyday.txt" in r.stdout and "vocabulary 400" in r.stdout   # demo settings
     assert "Samples:" in r.stdout and len(r.stdout.split("Samples:")[1].split("\n")) >= 3
     assert (tmp_path / "d" / "loss.png").exists()
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def _words_model(tmp_path, name="words_model.npz", config=None):
+    from fastrnn import RNNNumpy, io
+    from fastrnn.text import load_text
+
+    (tmp_path / "ok.txt").write_text(TEXT)
+    c = load_text(str(tmp_path / "ok.txt"), 20)
+    np.random.seed(0)
+    m = RNNNumpy(len(c.vocab), 6)
+    return io.save_model(str(tmp_path / name), m, c.vocab, config=config)
+
+
+def test_evaluate_non_npy_members_is_one_line(tmp_path):
+    """Finding 5."""
+    (tmp_path / "x.txt").write_text(TEXT)
+    with zipfile.ZipFile(tmp_path / "raw.npz", "w") as z:
+        for k in "UVW":
+            z.writestr(f"{k}.npy", "garbage")
+    assert_user_error(run(["evaluate", "raw.npz", "x.txt"], tmp_path), "raw.npz", "U.npy")
+    assert_user_error(run(["generate", "raw.npz"], tmp_path), "raw.npz", "U.npy")
+
+
+def test_evaluate_bad_stored_bptt_is_one_line(tmp_path):
+    """Finding 7: config {"bptt": -1} in the model file."""
+    _words_model(tmp_path, "neg.npz", {"bptt": -1, "mode": "stream"})
+    assert_user_error(run(["evaluate", "neg.npz", "ok.txt"], tmp_path), "neg.npz", "bptt")
+    _words_model(tmp_path, "good.npz", {"bptt": 4, "mode": "stream"})
+    r = run(["evaluate", "good.npz", "ok.txt"], tmp_path)
+    assert r.returncode == 0 and "stream mode" in r.stdout, r.stderr
+
+
+def test_evaluate_rejects_a_format_foreign_to_the_vocabulary(tmp_path):
+    """Finding 9: --format chars on a word model; the OOV rate is reported."""
+    _words_model(tmp_path)
+    for fmt in ("chars", "lines"):
+        assert_user_error(run(["evaluate", "words_model.npz", "ok.txt", "--format", fmt],
+                              tmp_path), f"--format {fmt}", "words")
+    r = run(["evaluate", "words_model.npz", "ok.txt", "--format", "text"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "perplexity" in r.stdout and "out-of-vocabulary" in r.stdout
+
+
+def test_resume_with_a_corrupt_training_state_is_one_line(tmp_path):
+    """Finding 6 through the command line."""
+    from fastrnn import io
+
+    (tmp_path / "t.txt").write_text(TEXT * 2)
+    r = run(["train", "t.txt", "--epochs", "2", "--hidden", "4", "--vocab-size", "20",
+             "--out", "run", "--samples", "0", "--backend", "numpy"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    arrays, meta = io.read_npz(str(tmp_path / "run" / "checkpoint.npz"))
+    meta["train"]["phase"] = "zzz"
+    io.write_npz(str(tmp_path / "bad.npz"), arrays, meta)
+    assert_user_error(run(["train", "--resume", "bad.npz", "--samples", "0"], tmp_path),
+                      "bad.npz", "phase")

@@ -109,3 +109,31 @@ def test_vocab_size_mismatch():
     model, _ = _setup()
     with pytest.raises(ValueError, match="vocabulary"):
         Sampler(model, Vocabulary(["a", "UNKNOWN_TOKEN"]))
+
+
+def test_sampler_must_match_model_and_vocabulary():
+    """Finding 10: a passed sampler is checked against ``model`` and ``vocab``."""
+    model, vocab = _setup()
+    sp = Sampler(model, vocab, 0)
+    other = RNNNumpy(len(vocab) + 3, 6)
+    with pytest.raises(ValueError, match="sampler.*model"):
+        generate_sentence(other, vocab, sampler=sp)
+    with pytest.raises(ValueError, match="sampler.*model"):
+        generate_sentence(RNNNumpy(len(vocab), 7), vocab, sampler=sp)     # hidden size
+    with pytest.raises(ValueError, match="sampler.*model"):
+        generate_text(other, vocab, length=5, sampler=sp)
+    small = Vocabulary(["SENTENCE_START", "SENTENCE_END", "a", "UNKNOWN_TOKEN"])
+    bare = Sampler(model, None, 0)                  # made without a vocabulary
+    with pytest.raises(ValueError, match="vocabulary has 4 entries.*sampler.*9"):
+        generate_sentence(model, small, sampler=bare)
+    with pytest.raises(ValueError, match="vocabulary has 4 entries.*sampler.*9"):
+        generate_text(model, small, length=5, sampler=bare)
+    renamed = Vocabulary(WORDS[:-2] + ["rug", "UNKNOWN_TOKEN"])
+    with pytest.raises(ValueError, match="different vocabulary"):
+        generate_sentence(model, renamed, sampler=sp)
+    # consistent uses work: the same model, a bare sampler, an equal copy of the model
+    np.random.seed(4)
+    twin = RNNNumpy(len(vocab), 6)
+    for m, smp in ((model, sp), (model, bare), (twin, sp), (None, sp)):
+        s = generate_sentence(m, vocab, sampler=smp, min_length=1, max_length=5)
+        assert isinstance(s, list) and 1 <= len(s) <= 5

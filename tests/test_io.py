@@ -208,3 +208,92 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     os.chmod(p, 0o640)
     io.save_model(p, _model())
     assert os.stat(p).st_mode & 0o777 == 0o640
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_non_npy_member_is_a_model_file_error(tmp_path):
+    """Finding 5: a member that is not a .npy array (np.load hands back bytes)."""
+    raw = str(tmp_path / "raw.npz")
+    with zipfile.ZipFile(raw, "w") as z:
+        for k in "UVW":
+            z.writestr(f"{k}.npy", "garbage")
+    with pytest.raises(io.ModelFileError, match=r"raw.npz.*member 'U.npy'.*not a NumPy"):
+        io.load_model(raw)
+    with pytest.raises(io.ModelFileError, match=r"raw.npz.*member 'U.npy'"):
+        io.read_npz(raw)
+    # a good model file with one corrupted member
+    good = io.save_model(str(tmp_path / "good.npz"), _model())
+    bad = str(tmp_path / "onebad.npz")
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, b"\x00\x01junk" if name == "W.npy" else zin.read(name))
+    with pytest.raises(io.ModelFileError, match=r"onebad.npz.*member 'W.npy'"):
+        io.load_model(bad)
+    meta = str(tmp_path / "metabytes.npz")
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(meta, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, b"{}" if name == "__fastrnn__.npy" else zin.read(name))
+    with pytest.raises(io.ModelFileError, match=r"metabytes.npz.*__fastrnn__"):
+        io.load_model(meta)
+
+
+def _with_meta(tmp_path, name, meta):
+    import json
+    p = str(tmp_path / name)
+    raw = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(p, U=np.zeros((2, 3)), V=np.zeros((3, 2)), W=np.zeros((2, 2)), __fastrnn__=raw)
+    return p
+
+
+def test_corrupt_meta_records_name_the_file(tmp_path):
+    """Finding 8: config/vocab/model records of the wrong JSON type, a bad vocabulary kind."""
+    vocab = {"index_to_word": ["a", "b", "UNKNOWN_TOKEN"], "unknown_token": "UNKNOWN_TOKEN",
+             "kind": "words"}
+    base = {"format_version": 1, "kind": "model", "model": None, "vocab": vocab, "config": {}}
+    p = _with_meta(tmp_path, "ok.npz", base)
+    assert io.load_model(p).vocab.kind == "words"
+    for name, change, what in [
+            ("cfglist.npz", {"config": [1, 2]}, "config"),
+            ("cfgstr.npz", {"config": "x"}, "config"),
+            ("vocablist.npz", {"vocab": [1, 2]}, "vocab"),
+            ("modellist.npz", {"model": [1, 2]}, "model"),
+            ("kind5.npz", {"vocab": dict(vocab, kind=5)}, "kind"),
+            ("kindzz.npz", {"vocab": dict(vocab, kind="zz")}, "kind"),
+            ("itw.npz", {"vocab": dict(vocab, index_to_word="ab")}, "index_to_word"),
+            ("ver.npz", {"format_version": True}, "format_version")]:
+        p = _with_meta(tmp_path, name, dict(base, **change))
+        with pytest.raises(io.ModelFileError, match=f"{name}.*{what}"):
+            io.load_model(p)
+
+
+def test_bad_stored_bptt_or_mode_is_a_model_file_error(tmp_path):
+    """Finding 7: a model file whose config holds a bptt/mode that evaluate cannot use."""
+    m = _model()
+    for name, cfg, what in [("neg.npz", {"bptt": -1}, "bptt"), ("zero.npz", {"bptt": 0}, "bptt"),
+                            ("str.npz", {"bptt": "5"}, "bptt"),
+                            ("mode.npz", {"mode": "zzz"}, "mode")]:
+        p = io.save_model(str(tmp_path / name), m, config=cfg)
+        with pytest.raises(io.ModelFileError, match=f"{name}.*{what}"):
+            io.load_model(p)
+    p = io.save_model(str(tmp_path / "fine.npz"), m, config={"bptt": 7, "mode": "stream"})
+    assert io.load_model(p).config == {"bptt": 7, "mode": "stream"}
+
+
+def test_remove_stale_temps_only_touches_its_own_pattern(tmp_path):
+    """Finding 13 (helper): only ``.<name>.XXXXXXXX.tmp`` beside the file goes."""
+    own = [".ck.npz.a1b2c3_d.tmp", ".ck.npz.zzzzzzzz.tmp"]
+    keep = ["ck.npz", ".ck.npz.tmp", ".ck.npz.abc.tmp", ".other.npz.a1b2c3d4.tmp",
+            ".ck.npz.a1b2c3d4.tmp.bak", "x.ck.npz.a1b2c3d4.tmp", ".ck.npzz.a1b2c3d4.tmp"]
+    for n in own + keep:
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / ".ck.npz.dirdirdi.tmp").mkdir()
+    removed = io.remove_stale_temps(str(tmp_path / "ck.npz"))
+    assert sorted(os.path.basename(r) for r in removed) == sorted(own)
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + [".ck.npz.dirdirdi.tmp"])
+    # the pattern matches what atomic_write really creates
+    before = set(os.listdir(tmp_path))
+    during = []
+    io.atomic_write(str(tmp_path / "ck.npz"), lambda f: during.extend(os.listdir(tmp_path)))
+    (tmp_name,) = set(during) - before
+    assert io._temp_name_re(str(tmp_path / "ck.npz")).match(tmp_name)

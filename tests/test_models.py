@@ -269,3 +269,187 @@ def test_validation_messages():
         GRU(5, 4, reset_after=1)
     with pytest.raises(ValueError, match="unknown backend"):
         RNN(5, 4, backend="fortran")
+
+
+# ----------------------------------------------------------------------------- live-parameter checks
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+from fastrnn.models import stack_forward  # noqa: E402
+
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def run_isolated(code, timeout=600):
+    """Run ``code`` in a fresh interpreter (a kernel reading out of bounds may crash it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (f"subprocess died with return code {proc.returncode}\n"
+                                  f"stdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _compiled_or_skip(name):
+    ok = fastrnn.available_backends()[name]
+    if ok is not True:
+        pytest.skip(f"backend {name} unavailable: {ok}")
+
+
+@pytest.mark.parametrize("be", ["cython", "numba"])
+def test_replaced_decoder_is_an_error_not_a_crash(be):
+    """The reviewer's reproducer: a (3, H) decoder let ids < V index logits of width 3."""
+    _compiled_or_skip(be)
+    out = run_isolated(f"""
+        import numpy as np
+        from fastrnn.models import RNN, GRU, LSTM
+        for cls in (RNN, GRU, LSTM):
+            m = cls(50, 8, backend={be!r}, seed=0)
+            p = m.parameters()
+            p["decoder.weight"] = np.zeros((3, 8), np.float32)
+            p["decoder.bias"] = np.zeros(3, np.float32)
+            for call in (lambda: m.loss_and_grad([[1, 2], [3, 4], [5, 49]],
+                                                 [[2, 3], [4, 5], [49, 1]]),
+                         lambda: m.forward([[1, 2], [3, 4], [5, 49]])):
+                try:
+                    call()
+                    print("NO ERROR")
+                except ValueError as exc:
+                    print("ValueError:", exc)
+        m = RNN(50, 8, backend={be!r}, seed=0)
+        m.parameters()["bias_hh_l0"] = np.zeros(1, np.float32)   # numba read past its end
+        try:
+            m.loss([[1, 2]], [[2, 3]])
+            print("NO ERROR")
+        except ValueError as exc:
+            print("ValueError:", exc)
+        """)
+    assert "NO ERROR" not in out
+    assert out.count("parameter decoder.weight must have shape (50, 8), got (3, 8)") == 6, out
+    assert "parameter bias_hh_l0 must have shape (8,), got (1,)" in out
+
+
+def _replace(name, value):
+    def edit(p):
+        p[name] = value(p[name]) if callable(value) else value
+    return edit
+
+
+_BAD_PARAMS = [
+    ("decoder-short", _replace("decoder.weight", lambda a: a[:3].copy()), ValueError,
+     r"parameter decoder.weight must have shape \(11, 4\), got \(3, 4\)"),
+    ("decoder-bias-1", _replace("decoder.bias", lambda a: a[:1].copy()), ValueError,
+     r"parameter decoder.bias must have shape \(11,\), got \(1,\)"),
+    ("bias-hh-1", _replace("bias_hh_l0", lambda a: a[:1].copy()), ValueError,
+     r"parameter bias_hh_l0 must have shape \(\d+,\), got \(1,\)"),
+    ("embedding-narrow", _replace("embedding.weight", lambda a: a[:, :2].copy()), ValueError,
+     r"parameter embedding.weight must have shape \(11, 5\), got \(11, 2\)"),
+    ("weight-ih-l1-wide", _replace("weight_ih_l1", lambda a: np.zeros((a.shape[0], 9), a.dtype)),
+     ValueError, r"parameter weight_ih_l1 must have shape \(\d+, 4\), got \(\d+, 9\)"),
+    ("float64", _replace("weight_hh_l0", lambda a: a.astype(np.float64)), TypeError,
+     "parameter weight_hh_l0 must have dtype float32 .*got float64"),
+    ("float16", _replace("decoder.weight", lambda a: a.astype(np.float16)), TypeError,
+     "parameter decoder.weight must have dtype float32 .*got float16"),
+    ("fortran", _replace("weight_hh_l0", lambda a: np.asfortranarray(a)), ValueError,
+     "parameter weight_hh_l0 must be C-contiguous"),
+    ("strided", _replace("decoder.bias", lambda a: np.zeros(2 * a.size, a.dtype)[::2]), ValueError,
+     "parameter decoder.bias must be C-contiguous"),
+    ("list", _replace("bias_ih_l0", lambda a: a.tolist()), TypeError,
+     "parameter bias_ih_l0 must be a numpy array, got list"),
+    ("missing", lambda p: p.pop("weight_hh_l1"), ValueError, r"missing \['weight_hh_l1'\]"),
+    ("extra", _replace("weight_hh_l2", np.zeros((4, 4), np.float32)), ValueError,
+     r"unexpected \['weight_hh_l2'\]"),
+]
+
+
+@pytest.mark.parametrize("edit,exc,match", [c[1:] for c in _BAD_PARAMS],
+                         ids=[c[0] for c in _BAD_PARAMS])
+@pytest.mark.parametrize("cls,kw", MODELS[:2] + MODELS[4:5], ids=["RNN", "GRU", "LSTM"])
+def test_replaced_parameter_entries_are_checked(cls, kw, edit, exc, match):
+    """Every entry of the live dict is checked (presence, type, dtype, layout, exact shape)
+    on every call, before any kernel runs; then a good entry makes the model usable again."""
+    m = cls(11, 4, num_layers=2, embedding_dim=5, backend="numpy", seed=0, **kw)
+    good = m.state_dict()
+    x, y = batch(T=3, B=2, V=11)
+    edit(m.parameters())
+    for call in (lambda: m.loss_and_grad(x, y), lambda: m.loss(x, y), lambda: m.forward(x)):
+        with pytest.raises(exc, match=match):
+            call()
+    m.load_state_dict(good)         # repairs an unusable entry, drops an unexpected one
+    ref = cls(11, 4, num_layers=2, embedding_dim=5, backend="numpy", seed=0, **kw)
+    assert m.loss(x, y)[0] == ref.loss(x, y)[0]
+
+
+def test_stack_forward_checks_layer_shapes():
+    """The backstop in stack_forward for any caller: inconsistent layers never reach a kernel."""
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 4, 5
+    X = rng.standard_normal((T, B, I))
+    h0 = np.zeros((1, B, H))
+    mask = np.ones((T, B))
+    good = [rng.standard_normal((3 * H, I)), rng.standard_normal((3 * H, H)),
+            np.zeros(3 * H), np.zeros(3 * H)]
+    flags = {"reset_after": True, "hard_gates": False}
+    be = fastrnn.get_backend("numpy")
+    stack_forward(be, "gru", flags, [tuple(good)], X, h0, None, mask)
+    for k, bad, match in ((1, np.zeros((3 * H, H - 1)),        # H read from W_hh: 4
+                           r"layer 0 W_ih must have shape \(12, 4\), got \(15, 4\)"),
+                          (1, np.zeros((H, H)), r"layer 0 W_hh must have shape \(15, 5\)"),
+                          (0, np.zeros((3 * H, I + 1)), r"layer 0 W_ih must have shape \(15, 4\)"),
+                          (3, np.zeros(1), r"layer 0 b_hh must have shape \(15,\), got \(1,\)"),
+                          (2, np.zeros(3 * H, np.float32), r"layer 0 b_ih must have dtype float64"),
+                          (0, np.asfortranarray(good[0]), "layer 0 W_ih must be C-contiguous")):
+        lay = list(good)
+        lay[k] = bad
+        with pytest.raises((ValueError, TypeError), match=match):
+            stack_forward(be, "gru", flags, [tuple(lay)], X, h0, None, mask)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 5\)"):
+        stack_forward(be, "gru", flags, [tuple(good)], X, np.zeros((1, 3, H)), None, mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \(3, 2\)"):
+        stack_forward(be, "gru", flags, [tuple(good)], X, h0, None, np.ones((2, 2)))
+
+
+def test_values_cast_before_the_finiteness_check():
+    """1e300 is finite in float64 but inf in float32: rejected, naming the key."""
+    m = GRU(6, 3, seed=0)                                    # float32
+    x = np.zeros((2, 1), int)
+    with pytest.raises(ValueError, match=r"hidden holds 1 non-finite value\(s\) \(in float32\)"):
+        h = np.zeros((1, 1, 3))
+        h[0, 0, 1] = 1e300
+        m.forward(x, hidden=h)
+    lstm = LSTM(6, 3, seed=0)
+    c = np.zeros((1, 1, 3))
+    c[0, 0, 0] = -1e300
+    with pytest.raises(ValueError, match="c0 holds 1 non-finite"):
+        lstm.forward(x, hidden=(np.zeros((1, 1, 3)), c))
+    before = m.state_dict()
+    sd = {k: v.astype(np.float64) for k, v in before.items()}
+    sd["weight_hh_l0"][0, 0] = 1e300
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\] holds 1 non-finite "
+                                         r"value\(s\) \(NaN or inf in float32\)"):
+        m.load_state_dict(sd)
+    for k, v in m.state_dict().items():                      # nothing changed
+        np.testing.assert_array_equal(v, before[k])
+    tsd = {("rnn." + k if not k.startswith(("embedding.", "decoder.")) else k): v
+           for k, v in sd.items()}
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\] holds 1 non-finite"):
+        GRU.from_torch_state_dict(tsd, dtype=np.float32)
+    assert GRU.from_torch_state_dict(tsd).dtype == np.float64   # representable in float64
+
+
+def test_from_torch_state_dict_checks_ndim():
+    sd = GRU(6, 3, seed=0).to_torch_state_dict(tensors=False)
+    for key in ("embedding.weight", "rnn.weight_hh_l0", "decoder.weight"):
+        bad = dict(sd)
+        bad[key] = sd[key].reshape(-1)
+        with pytest.raises(ValueError, match=rf"state_dict\['{key}'\] must be 2-D .*got shape "
+                                             rf"\({sd[key].size},\)"):
+            GRU.from_torch_state_dict(bad)
+    bad = dict(sd)
+    bad["rnn.weight_hh_l0"] = np.float32(1.0)
+    with pytest.raises(ValueError, match=r"rnn.weight_hh_l0'\] must be 2-D"):
+        GRU.from_torch_state_dict(bad)

@@ -599,3 +599,23 @@ def test_clip_grad_norm_matches_torch():
     assert math.isclose(got, want, rel_tol=1e-12)
     for t, v in zip(ts, grads.values()):
         np.testing.assert_allclose(v, t.grad.numpy(), rtol=1e-12)
+
+
+def test_load_state_dict_casts_before_the_finiteness_check():
+    """A float64 checkpoint value finite in float64 but inf in float32 is rejected by key."""
+    p = np.zeros((2, 3), np.float32)
+    opt = Adam({"p": p}, lr=0.1)
+    opt.step({"p": np.ones((2, 3), np.float32)})
+    before = opt.state_dict()
+    sd = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in before.items()}
+    sd["v/p"][1, 1] = 1e300
+    with pytest.raises(ValueError, match=r"'v/p' holds 1 non-finite value\(s\) \(NaN or inf in "
+                                         r"float32\)"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+    sd["v/p"][1, 1] = 2.0
+    opt.load_state_dict(sd)
+    assert opt.state_dict()["v/p"].dtype == np.float32
+    assert opt.state_dict()["v/p"][1, 1] == 2.0

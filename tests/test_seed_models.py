@@ -301,3 +301,176 @@ def test_keras_validation():
         m.set_weights([w if k != 1 else w[:2] for k, w in enumerate(m.get_weights())])
     with pytest.raises(ValueError, match=r"y must have shape"):
         m.fit(np.zeros((2, 5, 4)), np.zeros((3, 4)))
+
+
+# ----------------------------------------------------------------------------- assignable attributes
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def run_isolated(code, timeout=600):
+    """Run ``code`` in a fresh interpreter (a kernel reading out of bounds may crash it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (f"subprocess died with return code {proc.returncode}\n"
+                                  f"stdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+@pytest.mark.parametrize("be", ["cython", "numba"])
+def test_theano_reassigned_attributes_are_errors_not_crashes(be):
+    """The reviewer's reproducers: word_dim grown past the arrays; V and c shrunk."""
+    ok = fastrnn.available_backends()[be]
+    if ok is not True:
+        pytest.skip(f"backend {be} unavailable: {ok}")
+    out = run_isolated(f"""
+        import numpy as np
+        from fastrnn.seed_models import GRUTheano
+        def attempt(f):
+            try:
+                f()
+                print("NO ERROR")
+            except (ValueError, TypeError) as exc:
+                print(type(exc).__name__ + ":", exc)
+        m = GRUTheano(50, 8, backend={be!r})
+        m.word_dim = 100000
+        attempt(lambda: m.ce_error([1, 2, 3], [2, 3, 99999]))
+        m = GRUTheano(50, 8, backend={be!r})
+        m.V = np.random.rand(3, 8)
+        m.c = np.zeros(3)
+        for f in (lambda: m.ce_error([1, 2, 3], [2, 3, 49]), lambda: m.predict([1, 2]),
+                  lambda: m.bptt([1, 2], [2, 49]), lambda: m.sgd_step([1, 2], [2, 49], 0.1),
+                  lambda: m.calculate_loss([[1, 2]], [[2, 49]])):
+            attempt(f)
+        """)
+    assert "NO ERROR" not in out, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 6
+    assert lines[0].startswith("ValueError: GRUTheano.E must have shape (hidden_dim, word_dim) "
+                               "= (8, 100000)"), out
+    for line in lines[1:]:
+        assert line.startswith("ValueError: GRUTheano.V must have shape (word_dim, hidden_dim) "
+                               "= (50, 8) (word_dim=50, hidden_dim=8), got (3, 8)"), out
+
+
+def test_theano_attribute_checks():
+    m = GRUTheano(5, 2, backend="numpy")
+    x, y = [0, 1, 4], [1, 4, 2]
+    cases = [
+        ("U", lambda: m.U[:5].copy(), ValueError, r"GRUTheano.U must have shape .*\(6, 2, 2\)"),
+        ("b", lambda: m.b[:, :1].copy(), ValueError, r"GRUTheano.b must have shape .*got \(6, 1\)"),
+        ("c", lambda: np.zeros(1), ValueError, r"GRUTheano.c must have shape \(word_dim,\) = \(5,\)"),
+        ("W", lambda: m.W.astype(np.float32), TypeError, "GRUTheano.W has dtype float32, expected "
+                                                          "float64 like E"),
+        ("E", lambda: m.E.astype(np.float16), TypeError, "GRUTheano.E must be float32 or float64"),
+        ("V", lambda: m.V.tolist(), TypeError, "GRUTheano.V must be a numpy array, got list"),
+        ("hidden_dim", lambda: 3, ValueError, r"GRUTheano.E must have shape .*= \(3, 5\)"),
+        ("word_dim", lambda: 0, ValueError, "word_dim must be >= 1"),
+        ("bptt_truncate", lambda: 0, ValueError, "bptt_truncate must be -1"),
+    ]
+    for name, value, exc, match in cases:
+        old = getattr(m, name)
+        setattr(m, name, value())
+        for call in (lambda: m.ce_error(x, y), lambda: m.bptt(x, y), lambda: m.predict(x),
+                     lambda: m.sgd_step(x, y, 0.01), lambda: m.calculate_total_loss([x], [y])):
+            with pytest.raises(exc, match=match):
+                call()
+        setattr(m, name, old)
+    # RMSprop caches no longer shaped like the parameters: sgd_step would broadcast silently
+    m.mc = np.zeros(1)
+    with pytest.raises(ValueError, match=r"GRUTheano.mc \(RMSprop cache\) must be a float64 array "
+                                         r"of shape \(5,\)"):
+        m.sgd_step(x, y, 0.01)
+    m.mc = np.zeros(5)
+    # the tutorial's loaders assign whole consistent arrays, even of another vocabulary: fine
+    np.random.seed(3)
+    other = GRUTheano(7, 2, backend="numpy")
+    for n in ("E", "U", "W", "V", "b", "c"):
+        setattr(m, n, getattr(other, n).copy())
+        setattr(m, "m" + n, np.zeros_like(getattr(other, n)))
+    with pytest.raises(ValueError, match=r"GRUTheano.E must have shape .*word_dim=5"):
+        m.ce_error(x, y)                 # word_dim still says 5
+    m.word_dim = 7
+    assert m.ce_error([0, 6], [6, 5]) == pytest.approx(other.ce_error([0, 6], [6, 5]), rel=1e-12)
+    m.sgd_step([0, 6], [6, 5], 0.01)
+    with pytest.raises(ValueError, match="token id 7 out of range for vocabulary of 7"):
+        m.ce_error([0, 7], [6, 5])
+
+
+def test_keras_replaced_parameters_are_checked():
+    m = RNNKeras(5, 4, 3, backend="numpy", seed=0)
+    X = np.zeros((2, 5, 4))
+    X[:, :, 0] = 1
+    y = np.eye(4)[[1, 2]]
+    good = m.get_weights()
+    p = m.parameters()
+    cases = [
+        ("dense.weight", np.zeros((2, 3), np.float32), ValueError,
+         r"parameter dense.weight must have shape \(4, 3\), got \(2, 3\)"),
+        ("bias_l0", np.zeros(1, np.float32), ValueError,
+         r"parameter bias_l0 must have shape \(12,\), got \(1,\)"),
+        ("weight_hh_l0", np.zeros((12, 3), np.float64), TypeError,
+         "parameter weight_hh_l0 must have dtype float32"),
+        ("weight_ih_l0", np.zeros((4, 12), np.float32).T, ValueError,
+         "parameter weight_ih_l0 must be C-contiguous"),
+        ("dense.bias", [0.0] * 4, TypeError, "parameter dense.bias must be a numpy array"),
+    ]
+    for name, value, exc, match in cases:
+        old = p[name]
+        p[name] = value
+        for call in (lambda: m.predict_proba(X), lambda: m.loss_and_grad(X, y),
+                     lambda: m.fit(X, y, epochs=1)):
+            with pytest.raises(exc, match=match):
+                call()
+        p[name] = old
+    del p["dense.bias"]
+    with pytest.raises(ValueError, match=r"missing \['dense.bias'\]"):
+        m.predict(X)
+    # set_weights repairs the entry; then fit notices the optimizer holds the old array
+    m.set_weights(good)
+    np.testing.assert_array_equal(m.get_weights()[4], good[4])
+    m.predict(X)
+    with pytest.raises(ValueError, match=r"entries \['dense.bias'\] were replaced .* optimizer"):
+        m.fit(X, y)
+
+
+@pytest.mark.parametrize("be", ["cython", "numba"])
+def test_keras_replaced_parameters_subprocess(be):
+    ok = fastrnn.available_backends()[be]
+    if ok is not True:
+        pytest.skip(f"backend {be} unavailable: {ok}")
+    out = run_isolated(f"""
+        import numpy as np
+        from fastrnn.seed_models import RNNKeras
+        m = RNNKeras(5, 4, 3, backend={be!r}, seed=0)
+        m.parameters()["weight_hh_l0"] = np.zeros((12, 1), np.float32)
+        m.parameters()["bias_l0"] = np.zeros(1, np.float32)
+        try:
+            m.loss_and_grad(np.ones((2, 5, 4)), np.eye(4)[:2])
+            print("NO ERROR")
+        except ValueError as exc:
+            print("ValueError:", exc)
+        """)
+    assert "parameter weight_hh_l0 must have shape (12, 3), got (12, 1)" in out, out
+
+
+def test_keras_set_weights_casts_before_the_finiteness_check():
+    m = RNNKeras(5, 4, 3, seed=0)                     # float32
+    before = m.get_weights()
+    w = [a.astype(np.float64) for a in before]
+    w[3][1, 2] = 1e300                                # finite in float64, inf in float32
+    with pytest.raises(ValueError, match=r"weights\[3\] \(dense.weight\) must be finite numbers; "
+                                         r"1 value\(s\) are NaN or inf in float32"):
+        m.set_weights(w)
+    for a, b in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    w[3][1, 2] = 0.5
+    m.set_weights(w)
+    assert m.get_weights()[3][1, 2] == np.float32(0.5)

@@ -160,3 +160,33 @@ def test_tinyshakespeare_chars(shared_data):
     c = T.load_chars(os.path.join(shared_data, "tinyshakespeare", "input.txt"))
     assert len(c.vocab) == 65 + 1                  # 65 characters + <unk>
     assert len(c.stream()) == 1115394 + 1
+
+
+def test_vocabulary_kind_and_record_are_checked():
+    """Finding 8: a vocabulary kind outside words/lines/chars, malformed records."""
+    from fastrnn.text import KINDS, Vocabulary
+
+    assert set(KINDS) == {"words", "lines", "chars"}
+    with pytest.raises(ValueError, match="kind.*words.*got 5"):
+        Vocabulary(["a", "UNKNOWN_TOKEN"], kind=5)
+    good = {"index_to_word": ["a", "UNKNOWN_TOKEN"], "unknown_token": "UNKNOWN_TOKEN",
+            "kind": "words"}
+    assert Vocabulary.from_dict(good).kind == "words"
+    for bad in ([1, 2], dict(good, kind="zz"), dict(good, index_to_word="aU"),
+                dict(good, index_to_word=["a", 3, "UNKNOWN_TOKEN"]), dict(good, unknown_token=3)):
+        with pytest.raises(ValueError):
+            Vocabulary.from_dict(bad)
+
+
+def test_load_corpus_rejects_a_format_foreign_to_the_vocabulary(tmp_path):
+    """Finding 9: reading text as chars with a word vocabulary makes every token unknown."""
+    from fastrnn.text import CorpusError, load_corpus, load_text
+
+    p = tmp_path / "t.txt"
+    p.write_text("The cat sat. The dog ran home.\n")
+    c = load_text(str(p), 20)
+    for fmt in ("chars", "lines"):
+        with pytest.raises(CorpusError, match=f"{fmt}.*words"):
+            load_corpus(str(p), fmt, 20, c.vocab)
+    assert len(load_corpus(str(p), "text", 20, c.vocab)) == len(c)
+    assert len(load_corpus(str(p), "auto", 20, c.vocab)) == len(c)

@@ -334,3 +334,236 @@ def test_evaluate_file(tmp_path):
     r = evaluate_file(m, c.vocab, str(p))
     assert r["loss"] == pytest.approx(m.calculate_loss(c.X, c.y))
     assert r["tokens"] == c.n_tokens
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def _checkpoint(tmp_path, mode="sentence", steps=5, n=10):
+    X, Y = _corpus(n=n)
+    ck = str(tmp_path / f"ck-{mode}.npz")
+    tr = Trainer(_model(), X, Y, nepoch=3, mode=mode, bptt=6, checkpoint_path=ck,
+                 checkpoint_every=0, verbose=False, progress=False)
+    tr.train(max_steps=steps)
+    tr.save_checkpoint()
+    return ck, X, Y, tr
+
+
+def _rewrite(src, dst, train=None, arrays=None, drop=()):
+    arr, meta = io.read_npz(src)
+    meta["train"].update(train or {})
+    arr.update(arrays or {})
+    for k in drop:
+        arr.pop(k)
+    return io.write_npz(dst, arr, meta)
+
+
+def test_resume_rejects_a_corrupt_training_state(tmp_path):
+    """Finding 6: order/position/phase/counters/history are checked, naming file and field."""
+    ck, X, Y, tr = _checkpoint(tmp_path)
+    assert tr.phase == "train" and tr.position == 5 and len(tr.order) == 10
+    order = tr.order
+    t_ok = Trainer.resume(ck, X, Y, verbose=False, progress=False)   # the good one resumes
+    assert t_ok.position == 5 and np.array_equal(t_ok.order, order)
+    cases = [
+        ("zeros", {}, {"order": np.zeros(10, np.int64)}, (), "order"),
+        ("negative", {}, {"order": -np.arange(1, 11)}, (), "order"),
+        ("shifted", {}, {"order": order + 5}, (), "order"),
+        ("float", {}, {"order": order.astype(float)}, (), "order"),
+        ("twod", {}, {"order": order.reshape(2, 5)}, (), "order"),
+        ("short", {}, {"order": order[:9]}, (), "order"),
+        ("noorder", {"has_order": False}, {}, ("order",), "order"),
+        ("posneg", {"position": -3}, {}, (), "position"),
+        ("posbig", {"position": 11}, {}, (), "position"),
+        ("posstr", {"position": "3"}, {}, (), "position"),
+        ("posbool", {"position": True}, {}, (), "position"),
+        ("phase", {"phase": "zzz"}, {}, (), "phase"),
+        ("evalpos", {"phase": "eval"}, {}, (), "position"),
+        ("epoch", {"epoch": "1"}, {}, (), "epoch"),
+        ("steps", {"steps": -1}, {}, (), "steps"),
+        ("examples", {"examples_seen": 1.5}, {}, (), "examples_seen"),
+        ("tokens", {"tokens_seen": None}, {}, (), "tokens_seen"),
+        ("runtok", {"run_tokens": -2}, {}, (), "run_tokens"),
+        ("runloss", {"run_loss": "x"}, {}, (), "run_loss"),
+        ("runlossnan", {"run_loss": float("nan")}, {}, (), "run_loss"),
+        ("elapsed", {"elapsed": -1.0}, {}, (), "elapsed"),
+        ("finished", {"finished": "yes"}, {}, (), "finished"),
+        ("hist5", {"history": [5]}, {}, (), "history"),
+        ("histdict", {"history": {"a": 1}}, {}, (), "history"),
+        ("histsteps", {"history": [{"steps": "x", "examples_seen": 0, "loss": 1.0}]}, {}, (),
+         "history"),
+        ("histloss", {"history": [{"steps": 0, "examples_seen": 0, "loss": "x"}]}, {}, (),
+         "history"),
+        ("hasorder", {"has_order": "yes"}, {}, (), "has_order"),
+    ]
+    for name, train, arrays, drop, field in cases:
+        bad = _rewrite(ck, str(tmp_path / f"{name}.npz"), train, arrays, drop)
+        with pytest.raises(io.ModelFileError, match=f"{name}.npz.*{field}"):
+            Trainer.resume(bad, X, Y, verbose=False, progress=False)
+    arr, meta = io.read_npz(ck)
+    meta["train"] = [1, 2]
+    notdict = io.write_npz(str(tmp_path / "notdict.npz"), arr, meta)
+    with pytest.raises(io.ModelFileError, match="notdict.npz.*train"):
+        Trainer.resume(notdict, X, Y, verbose=False, progress=False)
+
+
+def test_resume_rejects_a_corrupt_hidden_state(tmp_path):
+    """Finding 6: the carried state of stream mode must be a finite (H,) vector."""
+    ck, X, Y, tr = _checkpoint(tmp_path, mode="stream", steps=3)
+    assert tr.h is not None and tr.h.shape == (8,)
+    t_ok = Trainer.resume(ck, X, Y, verbose=False, progress=False)
+    np.testing.assert_array_equal(t_ok.h, tr.h)
+    nan_h = tr.h.copy()
+    nan_h[2] = np.nan
+    for name, arrays, drop, train in [("hshape", {"h": np.zeros(9)}, (), {}),
+                                      ("h2d", {"h": np.zeros((1, 8))}, (), {}),
+                                      ("hnan", {"h": nan_h}, (), {}),
+                                      ("hint", {"h": np.zeros(8, np.int64)}, (), {}),
+                                      ("hmissing", {}, ("h",), {})]:
+        bad = _rewrite(ck, str(tmp_path / f"{name}.npz"), train, arrays, drop)
+        with pytest.raises(io.ModelFileError, match=f"{name}.npz.*'h'"):
+            Trainer.resume(bad, X, Y, verbose=False, progress=False)
+    # position counts chunks in stream mode
+    bad = _rewrite(ck, str(tmp_path / "spos.npz"), {"position": tr.n_steps + 1})
+    with pytest.raises(io.ModelFileError, match="spos.npz.*position"):
+        Trainer.resume(bad, X, Y, verbose=False, progress=False)
+
+
+def test_resume_with_a_non_npy_order_member(tmp_path):
+    """Finding 5: an ``order`` member that np.load returns as bytes."""
+    import zipfile
+
+    ck, X, Y, _ = _checkpoint(tmp_path)
+    bad = str(tmp_path / "raworder.npz")
+    with zipfile.ZipFile(ck) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, b"garbage" if name == "order.npy" else zin.read(name))
+    with pytest.raises(io.ModelFileError, match=r"raworder.npz.*member 'order.npy'"):
+        Trainer.resume(bad, X, Y, verbose=False, progress=False)
+
+
+def test_evaluate_and_stream_loss_validate_bptt():
+    """Finding 7: bptt <= 0 divided by zero or broke range()."""
+    from fastrnn.train import stream_loss
+
+    X, Y = _corpus(n=5)
+    m = _model()
+    for bad, exc in ((-1, ValueError), (0, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="bptt"):
+            evaluate(m, X, Y, mode="stream", bptt=bad)
+        with pytest.raises(exc, match="bptt"):
+            stream_loss(m, np.arange(20) % 30, bptt=bad)
+    assert evaluate(m, X, Y, mode="stream", bptt=3)["tokens"] > 0
+
+
+def test_evaluate_reports_the_unknown_rate(tmp_path):
+    """Finding 9: the out-of-vocabulary rate is part of evaluate's result."""
+    from fastrnn.text import load_text
+    from fastrnn.train import evaluate_file
+
+    p = tmp_path / "t.txt"
+    p.write_text("The cat sat. The dog ran home.\n\nA cat ran.\n")
+    c = load_text(str(p), 6)
+    np.random.seed(0)
+    m = RNNNumpy(len(c.vocab), 5)
+    unk = c.vocab.unknown_index
+    ys = np.concatenate(c.y)
+    r = evaluate_file(m, c.vocab, str(p))
+    assert r["oov_tokens"] == int((ys == unk).sum()) > 0
+    assert r["oov_rate"] == pytest.approx(r["oov_tokens"] / len(ys))
+    r2 = evaluate(m, c, unknown_index=unk, mode="stream", bptt=4)
+    assert r2["oov_rate"] == r["oov_rate"]
+    assert "oov_rate" not in evaluate(m, c)
+    with pytest.raises(ValueError, match="chars.*words"):
+        evaluate_file(m, c.vocab, str(p), fmt="chars")
+
+
+def test_stale_checkpoint_temp_files_are_removed_at_start(tmp_path):
+    """Finding 13: temp files of a killed checkpoint write are cleaned, and only those."""
+    X, Y = _corpus(n=10)
+    stale = [".ck.npz.abcd1234.tmp", ".ck.npz.q_w_e_r_.tmp"]
+    foreign = [".other.npz.abcd1234.tmp", "ck.npz.abcd1234.tmp", ".ck.npz.abcd1234.tmp.keep",
+               "notes.txt"]
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / ".ck.npz.abcd1234.tmp").write_bytes(b"elsewhere")       # another directory
+    for n in stale + foreign:
+        (tmp_path / n).write_bytes(b"partial")
+    Trainer(_model(), X, Y, checkpoint_path=str(tmp_path / "ck"), verbose=False,
+            progress=False)                                       # "ck" means ck.npz
+    assert sorted(os.listdir(tmp_path)) == sorted(foreign + ["sub"])
+    assert os.listdir(sub) == [".ck.npz.abcd1234.tmp"]
+    Trainer(_model(), X, Y, verbose=False, progress=False)        # no checkpoint: no-op
+
+
+def test_stale_temp_files_after_real_kills_are_cleaned(tmp_path):
+    """Finding 13: SIGKILL during checkpoint writes, then a resumed Trainer cleans up."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent("""
+        import sys, os, time
+        import numpy as np
+        from fastrnn import RNNNumpy, io
+        from fastrnn.train import Trainer
+        sys.path.insert(0, {testdir!r})
+        from test_train import _corpus
+        _orig = np.savez
+        def _slow(f, **kw):          # a write that is always in flight
+            _orig(f, **kw)
+            f.flush()
+            time.sleep(0.05)
+        np.savez = _slow
+        X, Y = _corpus(n=20)
+        np.random.seed(1)
+        tr = Trainer(RNNNumpy(30, 8), X, Y, nepoch=1000, checkpoint_path=sys.argv[1],
+                     checkpoint_every=1, verbose=False, progress=False)
+        tr.train()
+    """).format(testdir=os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    ck = str(tmp_path / "ck.npz")
+    proc = subprocess.Popen([sys.executable, str(script), ck], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)) or \
+                not os.path.exists(ck):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any(n.startswith(".ck.npz.") for n in os.listdir(tmp_path))   # left behind
+    X, Y = _corpus(n=20)
+    Trainer.resume(ck, X, Y, verbose=False, progress=False)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_checkpoint_path_without_suffix_is_normalised(tmp_path, monkeypatch):
+    """Finding 14: ``checkpoint_path="ck"`` writes ck.npz, and messages name ck.npz."""
+    X, Y = _corpus()
+    ck = str(tmp_path / "ck")
+    calls = [0]
+    orig = F.sgd_step
+
+    def overflowing_step(U, V, W, *a, **k):
+        calls[0] += 1
+        if calls[0] == 25:
+            V[3, 2] = np.nan
+        return orig(U, V, W, *a, **k)
+
+    monkeypatch.setattr(F, "sgd_step", overflowing_step)
+    tr = Trainer(_model(), X, Y, nepoch=2, checkpoint_path=ck, checkpoint_every=10,
+                 verbose=False, progress=False)
+    assert tr.checkpoint_path == ck + ".npz"
+    with pytest.raises(TrainingDivergedError,
+                       match=r"last good checkpoint is kept at .*ck\.npz"):
+        tr.train()
+    assert not os.path.exists(ck) and os.path.exists(ck + ".npz")
+    with pytest.raises(TrainingDivergedError, match=r"kept at .*ck\.npz"):
+        tr.save_checkpoint()
+    with pytest.raises(TrainingDivergedError, match=r"kept at .*other\.npz"):
+        tr.save_checkpoint(str(tmp_path / "other"))
+    assert Trainer.resume(ck + ".npz", X, Y, verbose=False, progress=False).steps == 20

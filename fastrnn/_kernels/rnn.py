@@ -16,12 +16,18 @@ sequential, and it is small.  In :func:`rnn_sgd` the updates of ``V`` and ``W`` 
 into their GEMMs (``alpha = -lr``, ``beta = 1``) and ``U`` is updated only in the columns
 of the tokens that occur, so no dense gradient is ever materialised.
 
+Compilation is lazy and per dtype: a process that trains in float64 (the tutorial's
+case) compiles -- or loads from the on-disk cache -- only the float64 kernels, which halves
+the cold start of ``fastrnn demo``.  The Python boundary (:mod:`fastrnn.functional`) hands
+the kernels C-contiguous float32/float64 arrays and ``intp`` ids only, so no other
+specialisation is ever made.
+
 The window truncation is computed by accumulating each output's error into ``G`` at the
 steps it reaches, then forming ``dW`` once as a GEMM (``Gᵀ S_prev``), instead of one
 outer product per (output, step) pair as the reference does; results agree to rounding.
 """
 import numpy as np
-from numba import njit, types
+from numba import njit
 
 
 from .._config import MODE_FULL, MODE_LAST, MODE_WINDOW, NUMBA_OPTIONS
@@ -29,26 +35,6 @@ from .blas import gemm
 from .softmax import nll_rows as _nll
 from .softmax import softmax_delta_rows as _softmax_delta
 from .softmax import softmax_rows as _softmax_rows
-
-
-def _signatures(kind):
-    """Explicit signatures, so each public kernel compiles (or loads from the on-disk cache)
-    at import for exactly two specialisations: float64 and float32, C-contiguous."""
-    sigs = []
-    for f in (types.float64, types.float32):
-        m2 = f[:, ::1]
-        ids = types.intp[::1]
-        if kind == "forward":
-            sigs.append(types.void(m2, m2, m2, ids, m2, m2))
-        elif kind == "loss":
-            sigs.append(types.float64(m2, m2, m2, ids, ids, m2, m2))
-        elif kind == "grad":
-            sigs.append(types.float64(m2, m2, m2, ids, ids, types.int64, types.int64,
-                                      m2, m2, m2, m2, m2, m2))
-        elif kind == "sgd":
-            sigs.append(types.float64(m2, m2, m2, ids, ids, types.int64, types.int64,
-                                      types.float64, m2, m2, m2, m2))
-    return sigs
 
 
 @njit(**NUMBA_OPTIONS)
@@ -120,7 +106,7 @@ def _first_step(mode, k, T):
     return 0
 
 
-@njit(_signatures("forward"), **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def rnn_forward(U, V, W, x, s, o):
     """Fill s[:T] and o (T, V) with probabilities; s[T] holds the initial state."""
     T = x.shape[0]
@@ -129,7 +115,7 @@ def rnn_forward(U, V, W, x, s, o):
     _softmax_rows(o)
 
 
-@njit(_signatures("loss"), **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def rnn_loss(U, V, W, x, y, s, z):
     """Total cross-entropy; fills s; z receives the logits."""
     T = x.shape[0]
@@ -156,7 +142,7 @@ def _backward_common(U, V, W, x, y, mode, k, s, z, g):
     return loss, first
 
 
-@njit(_signatures("grad"), **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def rnn_grad(U, V, W, x, y, mode, k, s, z, g, dU, dV, dW):
     """Loss and truncated gradient into dU, dV, dW (overwritten)."""
     T = x.shape[0]
@@ -178,7 +164,7 @@ def rnn_grad(U, V, W, x, y, mode, k, s, z, g, dU, dV, dW):
     return loss
 
 
-@njit(_signatures("sgd"), **NUMBA_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def rnn_sgd(U, V, W, x, y, mode, k, lr, s, z, g, dW):
     """One in-place SGD step (the gradient of rnn_grad); returns the loss before it."""
     T = x.shape[0]
