@@ -25,9 +25,25 @@ def _torch():
     return pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0)")
 
 
-def _threads(n):
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=n)
+class _threads:
+    """BLAS and Numba both limited to ``n`` threads inside the block."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        import numba
+        from threadpoolctl import threadpool_limits
+        self._numba = numba.get_num_threads()
+        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+        self._blas = threadpool_limits(limits=self.n)
+        self._blas.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import numba
+        self._blas.__exit__(*exc)
+        numba.set_num_threads(self._numba)
 
 
 # ---------------------------------------------------------------- ptb-lstm ------------
