@@ -4,7 +4,8 @@
 
 For every group (op x length x dtype) prints each implementation's median time, tokens/s,
 GFLOP/s of the big products, the speed-up over the tutorial's own loop (``seed-loop``) and
-over the NumPy reference (``numpy``), and the fraction of the ``blas-only`` time (the
+over the NumPy reference (``numpy``), against each peer present in the group
+(``x torch`` = PyTorch's time / this time, likewise JAX and PyTensor), and the fraction of the ``blas-only`` time (the
 products alone at the same shapes, measured in the same run): 1.00 would mean everything
 besides the GEMMs is free.
 """
@@ -46,9 +47,11 @@ def table(data):
         seed = med.get("seed-loop")
         ref = med.get("numpy")
         blas = med.get("blas-only")
+        peers = [p for p in ("torch", "jax", "pytensor") if p in med]
         lines.append(f"\n[{name}]")
         lines.append(f"{'impl':<12}{'median ms':>11}{'tokens/s':>12}{'GFLOP/s':>9}"
-                     f"{'x seed':>9}{'x numpy':>9}{'blas/t':>8}")
+                     f"{'x seed':>9}{'x numpy':>9}{'blas/t':>8}"
+                     + "".join(f"{'x ' + p:>11}" for p in peers))
         for impl, r in sorted(by_impl.items(), key=lambda kv: -kv[1]["stats"]["median"]):
             t = med[impl]
             info = r["extra_info"]
@@ -57,7 +60,8 @@ def table(data):
             xs = f"{seed / t:9.1f}" if seed else f"{'-':>9}"
             xn = f"{ref / t:9.1f}" if ref else f"{'-':>9}"
             fr = f"{blas / t:8.2f}" if blas else f"{'-':>8}"
-            lines.append(f"{impl:<12}{t * 1e3:11.3f}{tok:12.0f}{gf:9.1f}{xs}{xn}{fr}")
+            xp = "".join(f"{med[p] / t:11.2f}" for p in peers)
+            lines.append(f"{impl:<12}{t * 1e3:11.3f}{tok:12.0f}{gf:9.1f}{xs}{xn}{fr}{xp}")
     return "\n".join(lines)
 
 
