@@ -86,8 +86,8 @@ def _mm(be, A, B, trans_a=False, trans_b=False):
     the kernels' library removes the fight.  Operands that are not C-contiguous (rare
     column slices) take NumPy's path.
     """
-    if be.name == "numpy" or not (A.flags.c_contiguous and B.flags.c_contiguous) \
-            or A.dtype != B.dtype:
+    if getattr(be, "name", None) not in ("numba", "cython") \
+            or not (A.flags.c_contiguous and B.flags.c_contiguous) or A.dtype != B.dtype:
         return (A.T if trans_a else A) @ (B.T if trans_b else B)
     from ._kernels.blas import gemm
     m = A.shape[1] if trans_a else A.shape[0]
