@@ -71,6 +71,11 @@ double, and let NaN through (a NaN logit gives a NaN loss).  The hard sigmoid is
 derivative is taken from the gate output ``y``: ``0.2`` where ``0 < y < 1``, else 0 (so 0
 at ``x = +-2.5`` exactly, as in the reference).  The AVX2 clones of the C loops may fuse
 multiply-adds, so results can differ from the reference in the last bit or two.
+
+The fused-type softmax helpers (``_exp_shift``, the chunked ``_exp_sum``, ``_sum``,
+``_rowmax``), ``_gemm`` and the C attribute macros are shared with :mod:`._rnn_cy` through
+``_shared.pxi``; the C exp and activation kernels are this module's own (its float32 ``exp``
+differs from ``_rnn_cy``'s, see the comment in the C block below).
 """
 import numpy as np
 
@@ -78,6 +83,8 @@ from cython cimport floating
 from libc.math cimport exp, log, tanh
 from libc.string cimport memcpy, memmove, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+include "_shared.pxi"   # _gemm, _exp_shift, _sum, _exp_sum, _rowmax, FASTRNN_VEC (shared)
 
 cdef extern from *:
     """
@@ -94,24 +101,13 @@ cdef extern from *:
        r^7, < 6e-9) and 2^k is built in the exponent field.  Arguments below -708 (-87.3)
        give 0: only results that would be subnormal are flushed.  NaN stays NaN.
 
-       GCC keeps `c ? a : b` on floating-point compares as a branch under its default
-       -ftrapping-math, which blocks vectorisation; these loops are compiled without it
-       (FP exception flags are never read here).  On x86-64 / glibc an AVX2 + FMA clone is
-       added and picked at load time. */
-    #if defined(__GNUC__) && !defined(__clang__)
-    #  define CELLS_NOTRAP __attribute__((optimize("no-trapping-math")))
-    #  if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && __GNUC__ >= 11
-    #    define CELLS_VEC CELLS_NOTRAP \
-            __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #  else
-    #    define CELLS_VEC CELLS_NOTRAP
-    #  endif
-    #else
-    #  define CELLS_NOTRAP
-    #  define CELLS_VEC
-    #endif
+       The attributes FASTRNN_NOTRAP / FASTRNN_VEC (no-trapping-math, so that the selects
+       vectorise; FASTRNN_VEC adds an AVX2 + FMA clone on x86-64 glibc) come from
+       _shared.pxi.  These exp kernels are not shared with _rnn_cy on purpose: its float32
+       kernel flushes below -87.0 (here -87.3) and extracts the exponent bits differently,
+       so merging would change float32 results of one module or the other. */
 
-    CELLS_NOTRAP static inline double cells_expneg_d(double x) {
+    FASTRNN_NOTRAP static inline double cells_expneg_d(double x) {
         const double round_c = 6755399441055744.0;           /* 1.5 * 2^52 */
         const double inv_ln2 = 1.4426950408889634074;
         const double ln2_hi = 6.93147180369123816490e-01;  /* 32 significant bits */
@@ -135,7 +131,7 @@ cdef extern from *:
         return x < -708.0 ? 0.0 : v;
     }
 
-    CELLS_NOTRAP static inline float cells_expneg_f(float x) {
+    FASTRNN_NOTRAP static inline float cells_expneg_f(float x) {
         const float round_c = 12582912.0f;                    /* 1.5 * 2^23 */
         const float inv_ln2 = 1.44269504088896341f;
         const float ln2_hi = 0.693359375f;                   /* 9 significant bits */
@@ -158,18 +154,18 @@ cdef extern from *:
     }
 
     /* dst[j] = exp(src[j] - m), arguments <= 0; dst may be src */
-    CELLS_VEC static void
+    FASTRNN_VEC static void
     cells_exp_shift_d(const double *src, double *dst, Py_ssize_t n, double m) {
         for (Py_ssize_t j = 0; j < n; j++) dst[j] = cells_expneg_d(src[j] - m);
     }
 
-    CELLS_VEC static void
+    FASTRNN_VEC static void
     cells_exp_shift_f(const float *src, float *dst, Py_ssize_t n, float m) {
         for (Py_ssize_t j = 0; j < n; j++) dst[j] = cells_expneg_f(src[j] - m);
     }
 
     /* dst = sigmoid(src), float32; dst may be src */
-    CELLS_VEC static void
+    FASTRNN_VEC static void
     cells_sigmoid_f(const float *src, float *dst, Py_ssize_t n) {
         for (Py_ssize_t j = 0; j < n; j++) {
             float x = src[j];
@@ -180,7 +176,7 @@ cdef extern from *:
     }
 
     /* dst = tanh(src), float32; dst may be src */
-    CELLS_VEC static void
+    FASTRNN_VEC static void
     cells_tanh_f(const float *src, float *dst, Py_ssize_t n) {
         for (Py_ssize_t j = 0; j < n; j++) {
             float x = src[j];
@@ -237,7 +233,7 @@ cdef extern from *:
             dh[j] += a * r; \
         }
     #define CELLS_GRU_BWD_ROW(T, SUF) \
-    CELLS_VEC static void \
+    FASTRNN_VEC static void \
     cells_gru_bwd_row_##SUF(Py_ssize_t H, const T *__restrict dy, const T *__restrict hp, \
                             const T *__restrict ca, int reset_after, int hard, \
                             T *__restrict dh, T *__restrict gx, T *__restrict gh) { \
@@ -249,7 +245,7 @@ cdef extern from *:
             else { CELLS_GRU_LOOP(T, CELLS_GG_SOFT, 0) } \
         } \
     } \
-    CELLS_VEC static void \
+    FASTRNN_VEC static void \
     cells_gru_bwd_reset_row_##SUF(Py_ssize_t H, const T *__restrict da, \
                                   const T *__restrict hp, const T *__restrict ca, int hard, \
                                   T *__restrict dh, T *__restrict gx, T *__restrict gh) { \
@@ -274,7 +270,7 @@ cdef extern from *:
             dh[j] = 0; \
         }
     #define CELLS_LSTM_BWD_ROW(T, SUF) \
-    CELLS_VEC static void \
+    FASTRNN_VEC static void \
     cells_lstm_bwd_row_##SUF(Py_ssize_t H, const T *__restrict dy, const T *__restrict cp, \
                              const T *__restrict ca, const T *__restrict tc, int hard, \
                              T *__restrict dh, T *__restrict dc, T *__restrict g4) { \
@@ -314,22 +310,8 @@ cdef extern from *:
 
 
 # ---------------------------------------------------------------------------------------
-# BLAS (fused dispatch; arguments by value)
+# BLAS (fused dispatch; arguments by value; _gemm itself is in _shared.pxi)
 # ---------------------------------------------------------------------------------------
-
-cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                       floating alpha, const floating *a, Py_ssize_t lda,
-                       const floating *b, Py_ssize_t ldb, floating beta,
-                       floating *c, Py_ssize_t ldc) noexcept nogil:
-    cdef int im = <int>m, inn = <int>n, ik = <int>k
-    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
-    if floating is double:
-        dgemm(&ta, &tb, &im, &inn, &ik, &alpha, <double *>a, &ilda, <double *>b, &ildb,
-              &beta, c, &ildc)
-    else:
-        sgemm(&ta, &tb, &im, &inn, &ik, &alpha, <float *>a, &ilda, <float *>b, &ildb,
-              &beta, c, &ildc)
-
 
 cdef inline void _proj(const floating *h, Py_ssize_t ldh, const floating *W, floating *out,
                        Py_ssize_t B, Py_ssize_t H, Py_ssize_t N, Py_ssize_t ldo) noexcept nogil:
@@ -759,49 +741,6 @@ def lstm_layer_backward(const floating[:, ::1] W_hh, const floating[:, ::1] mask
 # Output layer: fused softmax + cross-entropy + gradient, and log-softmax
 # ---------------------------------------------------------------------------------------
 
-cdef inline void _exp_shift(const floating *src, floating *dst, Py_ssize_t n,
-                            floating m) noexcept nogil:
-    if floating is double:
-        _exp_shift_d(src, dst, n, m)
-    else:
-        _exp_shift_f(src, dst, n, m)
-
-
-cdef inline double _sum(const floating *a, Py_ssize_t n) noexcept nogil:
-    """Sum in double, four accumulators."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    cdef Py_ssize_t j = 0
-    while j + 4 <= n:
-        s0 += a[j]
-        s1 += a[j + 1]
-        s2 += a[j + 2]
-        s3 += a[j + 3]
-        j += 4
-    while j < n:
-        s0 += a[j]
-        j += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-cdef inline floating _rowmax(const floating *a, Py_ssize_t n) noexcept nogil:
-    """Maximum of ``a[:n]``, n >= 1 (a NaN still reaches the result through ``exp``)."""
-    cdef floating m0 = a[0], m1 = a[0]
-    cdef Py_ssize_t j = 1
-    while j + 2 <= n:
-        if a[j] > m0:
-            m0 = a[j]
-        if a[j + 1] > m1:
-            m1 = a[j + 1]
-        j += 2
-    if j < n and a[j] > m0:
-        m0 = a[j]
-    return m1 if m1 > m0 else m0
-
-
-cdef enum:
-    _CHUNK = 512
-
-
 def rnn_softmax_xent(floating[:, ::1] Z, const Py_ssize_t[::1] y, const floating[::1] mask,
                      double scale):
     """Masked softmax cross-entropy of the rows of ``Z``; ``Z`` becomes its gradient.
@@ -841,9 +780,8 @@ def rnn_softmax_xent(floating[:, ::1] Z, const Py_ssize_t[::1] y, const floating
 
 def rnn_log_softmax(const floating[:, ::1] Z, floating[:, ::1] out):
     """Row-wise ``log softmax`` of ``Z (N, V)`` into ``out (N, V)`` (may be ``Z`` itself)."""
-    cdef Py_ssize_t N = Z.shape[0], Vn = Z.shape[1], n, j, k
+    cdef Py_ssize_t N = Z.shape[0], Vn = Z.shape[1], n, j
     cdef floating m, ls
-    cdef floating buf[_CHUNK]
     cdef double s
     cdef const floating *zr
     cdef floating *orow
@@ -855,13 +793,7 @@ def rnn_log_softmax(const floating[:, ::1] Z, floating[:, ::1] out):
             zr = &Z[n, 0]
             orow = &out[n, 0]
             m = _rowmax(zr, Vn)
-            s = 0.0
-            j = 0
-            while j < Vn:
-                k = Vn - j if Vn - j < _CHUNK else _CHUNK
-                _exp_shift(zr + j, buf, k, m)
-                s += _sum(buf, k)
-                j += k
+            s = _exp_sum(zr, Vn, m)
             ls = <floating>log(s)
             for j in range(Vn):
                 orow[j] = (zr[j] - m) - ls

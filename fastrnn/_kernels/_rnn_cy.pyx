@@ -53,6 +53,9 @@ Numerics: the loss and the softmax normaliser are accumulated in double also for
 ~1 ulp) that the compiler vectorises -- libm's scalar ``exp`` made the softmax cost as much
 as a GEMM at V = 8000.  Only results below the smallest normal number are flushed to 0.
 NaN anywhere in the logits gives a NaN loss (nothing is clamped away silently).
+The fused-type helpers around it (``_exp_shift``, the chunked ``_exp_sum``, ``_sum``,
+``_rowmax``, ``_gemm``) and the C attribute macros are shared with :mod:`._cells_cy`
+through ``_shared.pxi``; the C exp kernels themselves are this module's own.
 
 The GIL is released around all numerical work; the kernels keep no global state.
 """
@@ -62,6 +65,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport (dgemm, sgemm, dgemv, sgemv, dger, sger,
                                        daxpy, saxpy)
+
+include "_shared.pxi"   # _gemm, _exp_shift, _sum, _exp_sum, _rowmax, FASTRNN_VEC (shared)
 
 cdef extern from *:
     """
@@ -76,21 +81,12 @@ cdef extern from *:
        Arguments below -708 (-87 for float32) give 0: only subnormal results are flushed.
        NaN propagates through the polynomial.
 
-       GCC keeps `a < b ? c : d` on doubles as a branch under its default -ftrapping-math,
-       which blocks vectorisation; the loops are therefore compiled with no-trapping-math
-       (FP exception flags are never inspected here, results are unchanged).  On x86-64
-       glibc an AVX2+FMA clone is added, picked at load time (ifunc); "default" is SSE2. */
-    #if defined(__GNUC__) && !defined(__clang__)
-    #  define FASTRNN_NOTRAP __attribute__((optimize("no-trapping-math")))
-    #  if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && __GNUC__ >= 11
-    #    define FASTRNN_VEC FASTRNN_NOTRAP \
-            __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #  else
-    #    define FASTRNN_VEC FASTRNN_NOTRAP
-    #  endif
-    #else
-    #  define FASTRNN_VEC
-    #endif
+       FASTRNN_VEC (no-trapping-math, so that the selects vectorise; plus an AVX2+FMA
+       clone on x86-64 glibc) comes from _shared.pxi.
+
+       Not shared with _cells_cy on purpose: its float32 kernel flushes only below -87.3
+       (here -87.0) and extracts the exponent bits differently, so merging would change
+       float32 results of one module or the other. */
 
     FASTRNN_VEC static void
     fastrnn_exp_shift_d(const double *src, double *dst, Py_ssize_t len, double m) {
@@ -165,17 +161,8 @@ cdef extern from *:
 
 
 # ---------------------------------------------------------------------------------------
-# BLAS dispatch on the fused type (all arguments by value; BLAS wants pointers)
+# BLAS dispatch on the fused type (all arguments by value; _gemm is in _shared.pxi)
 # ---------------------------------------------------------------------------------------
-
-cdef inline void _gemm(char ta, char tb, int m, int n, int k, floating alpha,
-                       floating *a, int lda, floating *b, int ldb, floating beta,
-                       floating *c, int ldc) noexcept nogil:
-    if floating is double:
-        dgemm(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
-    else:
-        sgemm(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc)
-
 
 cdef inline void _gemv(char ta, int m, int n, floating alpha, floating *a, int lda,
                        floating *x, floating beta, floating *y) noexcept nogil:
@@ -234,51 +221,6 @@ cdef inline void _logits(floating *Vp, floating *s, floating *z, Py_ssize_t T,
           <floating>0, z, <int>Vn)
 
 
-cdef inline void _exp_shift(floating *src, floating *dst, Py_ssize_t n,
-                            floating m) noexcept nogil:
-    """``dst[j] = exp(src[j] - m)`` for ``j < n`` (``dst`` may be ``src``)."""
-    if floating is double:
-        _exp_shift_d(src, dst, n, m)
-    else:
-        _exp_shift_f(src, dst, n, m)
-
-
-cdef inline double _sum(floating *a, Py_ssize_t n) noexcept nogil:
-    """Sum in double with four independent accumulators."""
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
-    cdef Py_ssize_t j = 0
-    while j + 4 <= n:
-        a0 += a[j]
-        a1 += a[j + 1]
-        a2 += a[j + 2]
-        a3 += a[j + 3]
-        j += 4
-    while j < n:
-        a0 += a[j]
-        j += 1
-    return (a0 + a1) + (a2 + a3)
-
-
-cdef inline floating _max(floating *a, Py_ssize_t n) noexcept nogil:
-    """Maximum of ``a[:n]`` (n >= 1); a NaN in ``a[0]`` is returned as is, a later NaN is
-    skipped here but still reaches the loss through ``exp(NaN - m)``."""
-    cdef floating m0 = a[0], m1 = a[0]
-    cdef Py_ssize_t j = 1
-    while j + 2 <= n:
-        if a[j] > m0:
-            m0 = a[j]
-        if a[j + 1] > m1:
-            m1 = a[j + 1]
-        j += 2
-    if j < n and a[j] > m0:
-        m0 = a[j]
-    return m1 if m1 > m0 else m0
-
-
-cdef enum:
-    _CHUNK = 512
-
-
 cdef double _softmax_rows(floating *z, const Py_ssize_t *y, Py_ssize_t T, Py_ssize_t Vn,
                           Py_ssize_t first, int store) noexcept nogil:
     """Row-wise stable softmax of the logits in ``z``; returns ``Σ_t lse_t - z[t, y_t]``.
@@ -287,15 +229,14 @@ cdef double _softmax_rows(floating *z, const Py_ssize_t *y, Py_ssize_t T, Py_ssi
     1 -- overwrite every row with its probabilities (``y`` may be NULL, loss then 0);
     2 -- overwrite rows ``t >= first`` with ``Δ = P - onehot(y)`` (earlier rows untouched).
     """
-    cdef Py_ssize_t t, j, n
+    cdef Py_ssize_t t, j
     cdef floating *row
     cdef floating m, inv
-    cdef floating buf[_CHUNK]
     cdef double acc, zy = 0.0, loss = 0.0
     cdef bint write
     for t in range(T):
         row = z + t * Vn
-        m = _max(row, Vn)
+        m = _rowmax(row, Vn)
         if y != NULL:
             zy = <double>(row[y[t]] - m)
         write = store == 1 or (store == 2 and t >= first)
@@ -303,13 +244,7 @@ cdef double _softmax_rows(floating *z, const Py_ssize_t *y, Py_ssize_t T, Py_ssi
             _exp_shift(row, row, Vn, m)
             acc = _sum(row, Vn)
         else:
-            acc = 0.0
-            j = 0
-            while j < Vn:
-                n = Vn - j if Vn - j < _CHUNK else _CHUNK
-                _exp_shift(row + j, buf, n, m)
-                acc += _sum(buf, n)
-                j += n
+            acc = _exp_sum(row, Vn, m)
         # lse_t - z[y] = log Σ exp(z - m) - (z[y] - m)
         if y != NULL:
             loss += log(acc) - zy
