@@ -172,3 +172,33 @@ def hidden_state(h, H, dtype, name="h0"):
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} holds non-finite values (in {np.dtype(dtype).name})")
     return arr
+
+
+def param_dict(p, want, dtype):
+    """Check a model's live parameter dict against ``want`` (``name -> shape``), in place.
+
+    Every expected name present and no other, each an ndarray of ``dtype``, of exactly its
+    shape, C-contiguous.  Values are not scanned (too costly per call; loaders scan them).
+    Used by every model before its kernels run, since ``parameters()`` is a live dict whose
+    entries a user may replace.
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"model dtype must be float32 or float64, got {dtype}")
+    if len(p) != len(want) or any(n not in p for n in want):
+        raise ValueError(f"parameters() must hold exactly {list(want)}; missing "
+                         f"{[n for n in want if n not in p]}, unexpected "
+                         f"{[n for n in p if n not in want]}")
+    for n, shape in want.items():
+        a = p[n]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"parameter {n} must have dtype {np.dtype(dtype).name} (the model's "
+                            f"dtype), got {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
+                             f"Fortran-ordered array (use np.ascontiguousarray, or assign in "
+                             f"place: parameters()[{n!r}][...] = values)")
+    return p

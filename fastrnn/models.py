@@ -422,30 +422,7 @@ class _LanguageModel:
         C-contiguous and of exactly the shape the sizes give.  Values are not scanned
         (NaN/inf are checked where values are loaded: :meth:`load_state_dict`).
         """
-        if self.dtype not in _validate.FLOAT_DTYPES:
-            raise TypeError(f"model dtype must be float32 or float64, got {self.dtype}")
-        p = self._params
-        want = self._expected_shapes()
-        if len(p) != len(want) or any(n not in p for n in want):
-            missing = [n for n in want if n not in p]
-            extra = [n for n in p if n not in want]
-            raise ValueError(f"parameters() must hold exactly {list(want)}; missing {missing}, "
-                             f"unexpected {extra}")
-        dt = self.dtype
-        for n, shape in want.items():
-            a = p[n]
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
-            if a.dtype != dt:
-                raise TypeError(f"parameter {n} must have dtype {dt.name} (the model's dtype), "
-                                f"got {a.dtype}")
-            if a.shape != shape:
-                raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
-                                 f"Fortran-ordered array (use np.ascontiguousarray, or assign "
-                                 f"in place: parameters()[{n!r}][...] = values)")
-        return p
+        return _validate.param_dict(self._params, self._expected_shapes(), self.dtype)
 
     def state_dict(self):
         """Copies of the parameters, ``name -> ndarray``."""

@@ -395,28 +395,7 @@ class RNNKeras:
         the model's dtype, C-contiguous, of exactly the shape ``vector_size`` and
         ``output_size`` give.  Values are not scanned (:meth:`set_weights` checks them).
         """
-        if self.dtype not in _validate.FLOAT_DTYPES:
-            raise TypeError(f"model dtype must be float32 or float64, got {self.dtype}")
-        p = self._params
-        want = self._expected_shapes()
-        if len(p) != len(want) or any(n not in p for n in want):
-            raise ValueError(f"parameters() must hold exactly {list(want)}; missing "
-                             f"{[n for n in want if n not in p]}, unexpected "
-                             f"{[n for n in p if n not in want]}")
-        for n, shape in want.items():
-            a = p[n]
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
-            if a.dtype != self.dtype:
-                raise TypeError(f"parameter {n} must have dtype {self.dtype.name} (the model's "
-                                f"dtype), got {a.dtype}")
-            if a.shape != shape:
-                raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
-                                 f"Fortran-ordered array (assign in place: "
-                                 f"parameters()[{n!r}][...] = values)")
-        return p
+        return _validate.param_dict(self._params, self._expected_shapes(), self.dtype)
 
     def get_weights(self):
         """Keras's ``model.get_weights()`` list (copies), see the class notes."""
