@@ -139,7 +139,7 @@ def _words_model(tmp_path, name="words_model.npz", config=None):
 
 
 def test_evaluate_non_npy_members_is_one_line(tmp_path):
-    """Finding 5."""
+    """Regression: a model file whose members are not .npy arrays gives one error line."""
     (tmp_path / "x.txt").write_text(TEXT)
     with zipfile.ZipFile(tmp_path / "raw.npz", "w") as z:
         for k in "UVW":
@@ -149,7 +149,7 @@ def test_evaluate_non_npy_members_is_one_line(tmp_path):
 
 
 def test_evaluate_bad_stored_bptt_is_one_line(tmp_path):
-    """Finding 7: config {"bptt": -1} in the model file."""
+    """Regression: config {"bptt": -1} in the model file."""
     _words_model(tmp_path, "neg.npz", {"bptt": -1, "mode": "stream"})
     assert_user_error(run(["evaluate", "neg.npz", "ok.txt"], tmp_path), "neg.npz", "bptt")
     _words_model(tmp_path, "good.npz", {"bptt": 4, "mode": "stream"})
@@ -158,7 +158,7 @@ def test_evaluate_bad_stored_bptt_is_one_line(tmp_path):
 
 
 def test_evaluate_rejects_a_format_foreign_to_the_vocabulary(tmp_path):
-    """Finding 9: --format chars on a word model; the OOV rate is reported."""
+    """Regression: --format chars on a word model; the OOV rate is reported."""
     _words_model(tmp_path)
     for fmt in ("chars", "lines"):
         assert_user_error(run(["evaluate", "words_model.npz", "ok.txt", "--format", fmt],
@@ -169,7 +169,7 @@ def test_evaluate_rejects_a_format_foreign_to_the_vocabulary(tmp_path):
 
 
 def test_resume_with_a_corrupt_training_state_is_one_line(tmp_path):
-    """Finding 6 through the command line."""
+    """Regression: a corrupt training state in --resume gives one error line."""
     from fastrnn import io
 
     (tmp_path / "t.txt").write_text(TEXT * 2)

@@ -112,7 +112,7 @@ def test_vocab_size_mismatch():
 
 
 def test_sampler_must_match_model_and_vocabulary():
-    """Finding 10: a passed sampler is checked against ``model`` and ``vocab``."""
+    """Regression: a passed sampler is checked against ``model`` and ``vocab``."""
     model, vocab = _setup()
     sp = Sampler(model, vocab, 0)
     other = RNNNumpy(len(vocab) + 3, 6)

@@ -213,7 +213,7 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
 # ----------------------------------------------------------------------------- review fixes
 
 def test_non_npy_member_is_a_model_file_error(tmp_path):
-    """Finding 5: a member that is not a .npy array (np.load hands back bytes)."""
+    """Regression: a member that is not a .npy array (np.load hands back bytes)."""
     raw = str(tmp_path / "raw.npz")
     with zipfile.ZipFile(raw, "w") as z:
         for k in "UVW":
@@ -247,7 +247,7 @@ def _with_meta(tmp_path, name, meta):
 
 
 def test_corrupt_meta_records_name_the_file(tmp_path):
-    """Finding 8: config/vocab/model records of the wrong JSON type, a bad vocabulary kind."""
+    """Regression: config/vocab/model records of the wrong JSON type, a bad vocabulary kind."""
     vocab = {"index_to_word": ["a", "b", "UNKNOWN_TOKEN"], "unknown_token": "UNKNOWN_TOKEN",
              "kind": "words"}
     base = {"format_version": 1, "kind": "model", "model": None, "vocab": vocab, "config": {}}
@@ -268,7 +268,7 @@ def test_corrupt_meta_records_name_the_file(tmp_path):
 
 
 def test_bad_stored_bptt_or_mode_is_a_model_file_error(tmp_path):
-    """Finding 7: a model file whose config holds a bptt/mode that evaluate cannot use."""
+    """Regression: a model file whose config holds a bptt/mode that evaluate cannot use."""
     m = _model()
     for name, cfg, what in [("neg.npz", {"bptt": -1}, "bptt"), ("zero.npz", {"bptt": 0}, "bptt"),
                             ("str.npz", {"bptt": "5"}, "bptt"),
@@ -281,7 +281,7 @@ def test_bad_stored_bptt_or_mode_is_a_model_file_error(tmp_path):
 
 
 def test_remove_stale_temps_only_touches_its_own_pattern(tmp_path):
-    """Finding 13 (helper): only ``.<name>.XXXXXXXX.tmp`` beside the file goes."""
+    """Regression: only ``.<name>.XXXXXXXX.tmp`` beside the file goes."""
     own = [".ck.npz.a1b2c3_d.tmp", ".ck.npz.zzzzzzzz.tmp"]
     keep = ["ck.npz", ".ck.npz.tmp", ".ck.npz.abc.tmp", ".other.npz.a1b2c3d4.tmp",
             ".ck.npz.a1b2c3d4.tmp.bak", "x.ck.npz.a1b2c3d4.tmp", ".ck.npzz.a1b2c3d4.tmp"]

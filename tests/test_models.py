@@ -302,7 +302,7 @@ def _compiled_or_skip(name):
 
 @pytest.mark.parametrize("be", ["cython", "numba"])
 def test_replaced_decoder_is_an_error_not_a_crash(be):
-    """The reviewer's reproducer: a (3, H) decoder let ids < V index logits of width 3."""
+    """Regression: a (3, H) decoder let ids < V index logits of width 3."""
     _compiled_or_skip(be)
     out = run_isolated(f"""
         import numpy as np

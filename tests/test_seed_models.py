@@ -326,7 +326,7 @@ def run_isolated(code, timeout=600):
 
 @pytest.mark.parametrize("be", ["cython", "numba"])
 def test_theano_reassigned_attributes_are_errors_not_crashes(be):
-    """The reviewer's reproducers: word_dim grown past the arrays; V and c shrunk."""
+    """Regression: word_dim grown past the arrays; V and c shrunk."""
     ok = fastrnn.available_backends()[be]
     if ok is not True:
         pytest.skip(f"backend {be} unavailable: {ok}")

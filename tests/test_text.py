@@ -163,7 +163,7 @@ def test_tinyshakespeare_chars(shared_data):
 
 
 def test_vocabulary_kind_and_record_are_checked():
-    """Finding 8: a vocabulary kind outside words/lines/chars, malformed records."""
+    """Regression: a vocabulary kind outside words/lines/chars, malformed records."""
     from fastrnn.text import KINDS, Vocabulary
 
     assert set(KINDS) == {"words", "lines", "chars"}
@@ -179,7 +179,7 @@ def test_vocabulary_kind_and_record_are_checked():
 
 
 def test_load_corpus_rejects_a_format_foreign_to_the_vocabulary(tmp_path):
-    """Finding 9: reading text as chars with a word vocabulary makes every token unknown."""
+    """Regression: reading text as chars with a word vocabulary makes every token unknown."""
     from fastrnn.text import CorpusError, load_corpus, load_text
 
     p = tmp_path / "t.txt"

@@ -358,7 +358,7 @@ def _rewrite(src, dst, train=None, arrays=None, drop=()):
 
 
 def test_resume_rejects_a_corrupt_training_state(tmp_path):
-    """Finding 6: order/position/phase/counters/history are checked, naming file and field."""
+    """Regression: order/position/phase/counters/history are checked, naming file and field."""
     ck, X, Y, tr = _checkpoint(tmp_path)
     assert tr.phase == "train" and tr.position == 5 and len(tr.order) == 10
     order = tr.order
@@ -407,7 +407,7 @@ def test_resume_rejects_a_corrupt_training_state(tmp_path):
 
 
 def test_resume_rejects_a_corrupt_hidden_state(tmp_path):
-    """Finding 6: the carried state of stream mode must be a finite (H,) vector."""
+    """Regression: the carried state of stream mode must be a finite (H,) vector."""
     ck, X, Y, tr = _checkpoint(tmp_path, mode="stream", steps=3)
     assert tr.h is not None and tr.h.shape == (8,)
     t_ok = Trainer.resume(ck, X, Y, verbose=False, progress=False)
@@ -429,7 +429,7 @@ def test_resume_rejects_a_corrupt_hidden_state(tmp_path):
 
 
 def test_resume_with_a_non_npy_order_member(tmp_path):
-    """Finding 5: an ``order`` member that np.load returns as bytes."""
+    """Regression: an ``order`` member that np.load returns as bytes."""
     import zipfile
 
     ck, X, Y, _ = _checkpoint(tmp_path)
@@ -442,7 +442,7 @@ def test_resume_with_a_non_npy_order_member(tmp_path):
 
 
 def test_evaluate_and_stream_loss_validate_bptt():
-    """Finding 7: bptt <= 0 divided by zero or broke range()."""
+    """Regression: bptt <= 0 divided by zero or broke range()."""
     from fastrnn.train import stream_loss
 
     X, Y = _corpus(n=5)
@@ -456,7 +456,7 @@ def test_evaluate_and_stream_loss_validate_bptt():
 
 
 def test_evaluate_reports_the_unknown_rate(tmp_path):
-    """Finding 9: the out-of-vocabulary rate is part of evaluate's result."""
+    """Regression: the out-of-vocabulary rate is part of evaluate's result."""
     from fastrnn.text import load_text
     from fastrnn.train import evaluate_file
 
@@ -478,7 +478,7 @@ def test_evaluate_reports_the_unknown_rate(tmp_path):
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_start(tmp_path):
-    """Finding 13: temp files of a killed checkpoint write are cleaned, and only those."""
+    """Regression: temp files of a killed checkpoint write are cleaned, and only those."""
     X, Y = _corpus(n=10)
     stale = [".ck.npz.abcd1234.tmp", ".ck.npz.q_w_e_r_.tmp"]
     foreign = [".other.npz.abcd1234.tmp", "ck.npz.abcd1234.tmp", ".ck.npz.abcd1234.tmp.keep",
@@ -496,7 +496,7 @@ def test_stale_checkpoint_temp_files_are_removed_at_start(tmp_path):
 
 
 def test_stale_temp_files_after_real_kills_are_cleaned(tmp_path):
-    """Finding 13: SIGKILL during checkpoint writes, then a resumed Trainer cleans up."""
+    """Regression: SIGKILL during checkpoint writes, then a resumed Trainer cleans up."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent("""
         import sys, os, time
@@ -542,7 +542,7 @@ def test_stale_temp_files_after_real_kills_are_cleaned(tmp_path):
 
 
 def test_checkpoint_path_without_suffix_is_normalised(tmp_path, monkeypatch):
-    """Finding 14: ``checkpoint_path="ck"`` writes ck.npz, and messages name ck.npz."""
+    """Regression: ``checkpoint_path="ck"`` writes ck.npz, and messages name ck.npz."""
     X, Y = _corpus()
     ck = str(tmp_path / "ck")
     calls = [0]
