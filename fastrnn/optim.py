@@ -161,6 +161,14 @@ def _grad_items(grads, where):
 
 # --------------------------------------------------------------------------- optimizers
 
+
+def _key_mismatch(expected, got):
+    """'missing [...] and unexpected [...]' for a state dict's keys, or '' when they match."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in set(expected)]
+    parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+    return " and ".join(parts)
+
 class Optimizer:
     """Base class: parameter bookkeeping, gradient validation and checkpoints.
 
@@ -336,14 +344,10 @@ class Optimizer:
             raise ValueError(f"state_dict was saved by {saved!r}, cannot load it into {kind}")
         skeys = self._state_keys()
         expected = ["optimizer", "lr", "step", *self._hyper, *(k for _, _, k in skeys)]
-        keys = list(d.keys())
-        missing = [k for k in expected if k not in d]
-        extra = [k for k in keys if k not in set(expected)]
-        if missing or extra:
-            parts = ([f"missing {missing}"] if missing else []) + (
-                [f"unexpected {extra}"] if extra else [])
+        mismatch = _key_mismatch(expected, d)
+        if mismatch:
             raise ValueError(f"{kind} state_dict keys do not match its parameters "
-                             f"{list(self.params)}: {' and '.join(parts)}")
+                             f"{list(self.params)}: {mismatch}")
         lr = _real_in(_scalar(d["lr"], "lr"), "lr", lo=0.0)
         step = _validate.positive_int(_scalar(d["step"], "step"), "step", minimum=0)
         hyper = self._check_hyper({h: _scalar(d[h], h) for h in self._hyper})
@@ -802,12 +806,9 @@ class HalveOnPlateau:
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         expected = list(self.state_dict())
-        missing = [k for k in expected if k not in state_dict]
-        extra = [k for k in state_dict if k not in set(expected)]
-        if missing or extra:
-            parts = ([f"missing {missing}"] if missing else []) + (
-                [f"unexpected {extra}"] if extra else [])
-            raise ValueError(f"HalveOnPlateau state_dict keys do not match: {' and '.join(parts)}")
+        mismatch = _key_mismatch(expected, state_dict)
+        if mismatch:
+            raise ValueError(f"HalveOnPlateau state_dict keys do not match: {mismatch}")
         d = {k: _scalar(state_dict[k], k) for k in expected}
         if d["schedule"] != type(self).__name__:
             raise ValueError(f"state_dict was saved by {d['schedule']!r}, cannot load it into "

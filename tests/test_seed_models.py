@@ -306,22 +306,8 @@ def test_keras_validation():
 # ----------------------------------------------------------------------------- assignable attributes
 
 import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-
-
-def run_isolated(code, timeout=600):
-    """Run ``code`` in a fresh interpreter (a kernel reading out of bounds may crash it)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (f"subprocess died with return code {proc.returncode}\n"
-                                  f"stdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}")
-    return proc.stdout
+from isolated import run_isolated  # noqa: E402
 
 
 @pytest.mark.parametrize("be", ["cython", "numba"])
