@@ -273,7 +273,6 @@ def test_validation_messages():
 
 # ----------------------------------------------------------------------------- live-parameter checks
 
-import os  # noqa: E402
 
 from fastrnn.models import stack_forward  # noqa: E402
 

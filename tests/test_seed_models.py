@@ -305,7 +305,6 @@ def test_keras_validation():
 
 # ----------------------------------------------------------------------------- assignable attributes
 
-import os  # noqa: E402
 
 from isolated import run_isolated  # noqa: E402
 
