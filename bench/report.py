@@ -39,9 +39,9 @@ def table(data):
                 lines.append(f"\n[start-up] import fastrnn + first tutorial sgd_step: cold (empty cache, "
                              f"compiles) {info.get('cold_import_s', nan):.2f} s; warm (on-disk cache) "
                              f"{info.get('warm_import_s', nan):.2f} s = numba {info.get('warm_numba_s', nan):.2f}"
-                             f" + scipy.linalg {info.get('warm_scipy_s', nan):.2f} + fastrnn "
-                             f"{info.get('warm_fastrnn_s', nan):.2f} + first step (kernel load) "
-                             f"{info.get('warm_first_step_s', nan):.2f}")
+                             f" + fastrnn {info.get('warm_fastrnn_s', nan):.2f} + first step "
+                             f"(BLAS lookup, kernel load) {info.get('warm_first_step_s', nan):.2f}"
+                             f"{'; SciPy BLAS imported' if info.get('scipy_linalg') else ''}")
             continue
         med = {k: r["stats"]["median"] for k, r in by_impl.items()}
         seed = med.get("seed-loop")

@@ -9,8 +9,9 @@ Numba's cache index checks only the source file of the function being loaded, no
 modules it calls into: after an edit to ``softmax.py`` or ``common.py`` (or an upgrade
 that leaves old ``__pycache__`` files behind) a kernel in ``rnn.py`` could load stale
 machine code.  So before any kernel module is imported, the cache of this package is
-stamped with a hash of every kernel source file and of the Numba version, and cleared
-when the stamp differs.  ``tests/test_cache.py`` checks this.
+stamped with a hash of every kernel source file, of the Numba version and of the BLAS
+library the kernels link to (:mod:`._blas_lib`: its integer width is compiled in), and
+cleared when the stamp differs.  ``tests/test_cache.py`` checks this.
 """
 import glob
 import hashlib
@@ -35,6 +36,9 @@ def _sources_digest():
             h.update(os.path.basename(path).encode() + b"\0" + f.read())
     for key in ("FASTRNN_FASTMATH",):                       # options baked into the code
         h.update(f"{key}={os.environ.get(key, '')}".encode())
+    from ._blas_lib import library                         # BLAS integer width, too
+    lib = library()
+    h.update(f"blas={lib.name}:ilp64={lib.ilp64}".encode())
     return h.hexdigest()
 
 

@@ -23,7 +23,7 @@ kernels check the array shapes once at entry (O(1), ``ValueError``): a wrong sha
 otherwise write out of bounds; ``gru_layer_backward`` also refuses ``dGx`` and ``dGh``
 sharing memory.  Values are not checked.
 
-BLAS layout (``scipy.linalg.cython_blas``, column-major): a C-contiguous ``(m, n)`` block
+BLAS layout (column-major; the library is :mod:`fastrnn._kernels._blas_lib`'s): a C-contiguous ``(m, n)`` block
 with row stride ``ld`` *is* the column-major ``n x m`` matrix (its transpose) with leading
 dimension ``ld``.  So a row-major product ``C = A B`` is the column-major ``Cᵀ = Bᵀ Aᵀ``:
 
@@ -82,7 +82,6 @@ import numpy as np
 from cython cimport floating
 from libc.math cimport exp, log, tanh
 from libc.string cimport memcpy, memmove, memset
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 include "_shared.pxi"   # _gemm, _exp_shift, _sum, _exp_sum, _rowmax, FASTRNN_VEC (shared)
 

@@ -63,8 +63,6 @@ from cython cimport floating
 from libc.math cimport log, tanh, tanhf, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport (dgemm, sgemm, dgemv, sgemv, dger, sger,
-                                       daxpy, saxpy)
 
 include "_shared.pxi"   # _gemm, _exp_shift, _sum, _exp_sum, _rowmax, FASTRNN_VEC (shared)
 
@@ -166,28 +164,55 @@ cdef extern from *:
 
 cdef inline void _gemv(char ta, int m, int n, floating alpha, floating *a, int lda,
                        floating *x, floating beta, floating *y) noexcept nogil:
-    cdef int one = 1
-    if floating is double:
-        dgemv(&ta, &m, &n, &alpha, a, &lda, x, &one, &beta, y, &one)
+    cdef int i32[4]
+    cdef long long i64[4]
+    cdef char *p
+    cdef size_t w
+    if _ilp64:
+        i64[0] = m; i64[1] = n; i64[2] = lda; i64[3] = 1
+        p = <char *>i64
+        w = sizeof(long long)
     else:
-        sgemv(&ta, &m, &n, &alpha, a, &lda, x, &one, &beta, y, &one)
+        i32[0] = m; i32[1] = n; i32[2] = lda; i32[3] = 1
+        p = <char *>i32
+        w = sizeof(int)
+    cdef _blas11 f = _p_dgemv if floating is double else _p_sgemv
+    f(&ta, p, p + w, &alpha, a, p + 2 * w, x, p + 3 * w, &beta, y, p + 3 * w)
 
 
 cdef inline void _ger(int m, int n, floating alpha, floating *x, floating *y,
                       floating *a, int lda) noexcept nogil:
-    cdef int one = 1
-    if floating is double:
-        dger(&m, &n, &alpha, x, &one, y, &one, a, &lda)
+    cdef int i32[4]
+    cdef long long i64[4]
+    cdef char *p
+    cdef size_t w
+    if _ilp64:
+        i64[0] = m; i64[1] = n; i64[2] = lda; i64[3] = 1
+        p = <char *>i64
+        w = sizeof(long long)
     else:
-        sger(&m, &n, &alpha, x, &one, y, &one, a, &lda)
+        i32[0] = m; i32[1] = n; i32[2] = lda; i32[3] = 1
+        p = <char *>i32
+        w = sizeof(int)
+    cdef _blas9 f = _p_dger if floating is double else _p_sger
+    f(p, p + w, &alpha, x, p + 3 * w, y, p + 3 * w, a, p + 2 * w)
 
 
 cdef inline void _axpy(int n, floating alpha, floating *x, floating *y) noexcept nogil:
-    cdef int one = 1
-    if floating is double:
-        daxpy(&n, &alpha, x, &one, y, &one)
+    cdef int i32[2]
+    cdef long long i64[2]
+    cdef char *p
+    cdef size_t w
+    if _ilp64:
+        i64[0] = n; i64[1] = 1
+        p = <char *>i64
+        w = sizeof(long long)
     else:
-        saxpy(&n, &alpha, x, &one, y, &one)
+        i32[0] = n; i32[1] = 1
+        p = <char *>i32
+        w = sizeof(int)
+    cdef _blas6 f = _p_daxpy if floating is double else _p_saxpy
+    f(p, &alpha, x, p + w, y, p + w)
 
 
 # ---------------------------------------------------------------------------------------

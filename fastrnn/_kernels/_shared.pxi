@@ -13,8 +13,7 @@
 # same operations but are written differently (_cells_cy inlines a scalar helper); merging
 # them is left for a change that re-checks the compiled code.
 #
-# Requires ``from cython cimport floating`` and ``from scipy.linalg.cython_blas cimport
-# dgemm, sgemm`` before the include.
+# Requires ``from cython cimport floating`` before the include.
 
 cdef extern from *:
     """
@@ -41,23 +40,79 @@ cdef extern from *:
     """
 
 
+# ---------------------------------------------------------------------------------------
+# BLAS through the addresses of fastrnn._kernels._blas_lib (NumPy's ILP64 OpenBLAS, or
+# SciPy's cython_blas as the fallback), so that these modules and the Numba kernels call one
+# library.  Every argument is passed by pointer (Fortran convention); integer arguments are
+# 64-bit when ``_ilp64`` and 32-bit otherwise, chosen at run time per call.
+# ---------------------------------------------------------------------------------------
+
+ctypedef void (*_blas6)(void *, void *, void *, void *, void *, void *) noexcept nogil
+ctypedef void (*_blas9)(void *, void *, void *, void *, void *, void *, void *, void *,
+                        void *) noexcept nogil
+ctypedef void (*_blas11)(void *, void *, void *, void *, void *, void *, void *, void *,
+                         void *, void *, void *) noexcept nogil
+ctypedef void (*_blas13)(void *, void *, void *, void *, void *, void *, void *, void *,
+                         void *, void *, void *, void *, void *) noexcept nogil
+
+cdef bint _ilp64 = False
+cdef _blas13 _p_sgemm = NULL
+cdef _blas13 _p_dgemm = NULL
+cdef _blas11 _p_sgemv = NULL
+cdef _blas11 _p_dgemv = NULL
+cdef _blas9 _p_sger = NULL
+cdef _blas9 _p_dger = NULL
+cdef _blas6 _p_saxpy = NULL
+cdef _blas6 _p_daxpy = NULL
+
+
+def _bind_blas():
+    """Resolve the BLAS routines (once, at import).  Returns the library's description."""
+    global _ilp64, _p_sgemm, _p_dgemm, _p_sgemv, _p_dgemv, _p_sger, _p_dger
+    global _p_saxpy, _p_daxpy
+    from fastrnn._kernels._blas_lib import library
+    lib = library()
+    a = lib.addr
+    _ilp64 = lib.ilp64
+    _p_sgemm = <_blas13><size_t>a["sgemm"]
+    _p_dgemm = <_blas13><size_t>a["dgemm"]
+    _p_sgemv = <_blas11><size_t>a["sgemv"]
+    _p_dgemv = <_blas11><size_t>a["dgemv"]
+    _p_sger = <_blas9><size_t>a["sger"]
+    _p_dger = <_blas9><size_t>a["dger"]
+    _p_saxpy = <_blas6><size_t>a["saxpy"]
+    _p_daxpy = <_blas6><size_t>a["daxpy"]
+    return repr(lib)
+
+
+BLAS = _bind_blas()
+
+
 cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        floating alpha, const floating *a, Py_ssize_t lda,
                        const floating *b, Py_ssize_t ldb, floating beta,
                        floating *c, Py_ssize_t ldc) noexcept nogil:
     """Fused dispatch to ``dgemm`` / ``sgemm``, arguments by value (BLAS wants pointers).
 
-    Sizes are ``Py_ssize_t`` for the callers' convenience and passed to BLAS as ``int``
-    (callers keep them below 2^31); ``a`` and ``b`` are only read.
+    Sizes are ``Py_ssize_t`` for the callers' convenience; passed as 64-bit integers to an
+    ILP64 library, else as ``int`` (callers keep them below 2^31); ``a`` and ``b`` are only
+    read.
     """
-    cdef int im = <int>m, inn = <int>n, ik = <int>k
-    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
-    if floating is double:
-        dgemm(&ta, &tb, &im, &inn, &ik, &alpha, <double *>a, &ilda, <double *>b, &ildb,
-              &beta, c, &ildc)
+    cdef int i32[6]
+    cdef long long i64[6]
+    cdef void *ip
+    if _ilp64:
+        i64[0] = m; i64[1] = n; i64[2] = k; i64[3] = lda; i64[4] = ldb; i64[5] = ldc
+        ip = <void *>i64
     else:
-        sgemm(&ta, &tb, &im, &inn, &ik, &alpha, <float *>a, &ilda, <float *>b, &ildb,
-              &beta, c, &ildc)
+        i32[0] = <int>m; i32[1] = <int>n; i32[2] = <int>k
+        i32[3] = <int>lda; i32[4] = <int>ldb; i32[5] = <int>ldc
+        ip = <void *>i32
+    cdef size_t w = sizeof(long long) if _ilp64 else sizeof(int)
+    cdef char *p = <char *>ip
+    cdef _blas13 f = _p_dgemm if floating is double else _p_sgemm
+    f(&ta, &tb, p, p + w, p + 2 * w, &alpha, <void *>a, p + 3 * w, <void *>b, p + 4 * w,
+      &beta, c, p + 5 * w)
 
 
 cdef enum:

@@ -1,4 +1,4 @@
-"""BLAS level-3 calls from Numba with ``alpha``/``beta``, through SciPy's ``cython_blas``.
+"""BLAS level-3 calls from Numba with ``alpha``/``beta``, in the library of :mod:`._blas_lib`.
 
 Numba's ``np.dot`` cannot accumulate into its output (``beta = 1``) or scale the product
 (``alpha``), so a parameter update ``V -= lr * Δᵀ S`` would need a dense ``(V, H)``
@@ -8,26 +8,35 @@ size, ~1 ms).  Calling ``?gemm`` directly folds the update into the product.
 Layout: our arrays are C-contiguous (row-major); BLAS is column-major.  A row-major
 ``(r, c)`` array is the column-major ``(c, r)`` matrix with leading dimension ``c``, so
 ``C = op(A) op(B)`` (row-major) is computed as ``Cᵀ = op(B)ᵀ op(A)ᵀ`` (column-major) by
-passing ``B`` first.  Arguments are passed as ``void*`` so one Numba function serves both
-float32 (``sgemm``) and float64 (``dgemm``); the dtype branch is resolved per compile.
+passing ``B`` first.  Leading dimensions come from the row strides, so row blocks and
+column blocks of C-contiguous arrays are fine; the last axis must have unit stride.
+Arguments are passed as ``void*`` so one Numba function serves both float32 (``sgemm``) and
+float64 (``dgemm``); the dtype branch is resolved per compile.
+
+The integer arguments are 64-bit for NumPy's ILP64 OpenBLAS and 32-bit for SciPy's.  The
+width is a compile-time constant here, and the external symbols are named by it
+(``fastrnn_sgemm_i64`` ...): a cached kernel compiled for the other library would fail to
+link instead of passing wrong-sized integers (the cache stamp also clears it first).
 """
 import llvmlite.binding as _llvm
 import numpy as np
 from numba import config as _numba_config
 from numba import njit, types
-from numba.extending import get_cython_function_address
 
 from .._config import NUMBA_OPTIONS
+from ._blas_lib import library
 
 # The BLAS entry points are bound as named external symbols, not as ctypes function
 # pointers: a pointer is a "dynamic global" that stops Numba from caching any kernel that
 # calls it, while a symbol is resolved again at link time in every process.
+LIBRARY = library()
+_WIDTH = "i64" if LIBRARY.ilp64 else "i32"
+_INT = np.int64 if LIBRARY.ilp64 else np.int32
 for _name in ("dgemm", "sgemm"):
-    _llvm.add_symbol("fastrnn_" + _name,
-                     get_cython_function_address("scipy.linalg.cython_blas", _name))
+    _llvm.add_symbol(f"fastrnn_{_name}_{_WIDTH}", LIBRARY.addr[_name])
 _GEMM_SIG = types.void(*([types.voidptr] * 13))
-_dgemm = types.ExternalFunction("fastrnn_dgemm", _GEMM_SIG)
-_sgemm = types.ExternalFunction("fastrnn_sgemm", _GEMM_SIG)
+_dgemm = types.ExternalFunction(f"fastrnn_dgemm_{_WIDTH}", _GEMM_SIG)
+_sgemm = types.ExternalFunction(f"fastrnn_sgemm_{_WIDTH}", _GEMM_SIG)
 
 _N = ord("N")
 _T = ord("T")
@@ -38,7 +47,7 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
     """``C = alpha * op(A) @ op(B) + beta * C`` for row-major (C-contiguous-row) arrays.
 
     ``op(X)`` is ``X.T`` when the matching ``trans_*`` is true.  ``A``, ``B``, ``C`` must have
-    contiguous rows (leading-dimension slices of C-contiguous arrays are fine).
+    unit stride along their last axis (any row or column block of a C-contiguous array).
     """
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
@@ -50,13 +59,13 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
                 for j in range(n):
                     C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
         return
-    ints = np.empty(6, np.int32)
+    ints = np.empty(6, _INT)
     ints[0] = n
     ints[1] = m
     ints[2] = k
-    ints[3] = B.shape[1]
-    ints[4] = A.shape[1]
-    ints[5] = C.shape[1]
+    ints[3] = max(B.strides[0] // B.itemsize, B.shape[1], 1)
+    ints[4] = max(A.strides[0] // A.itemsize, A.shape[1], 1)
+    ints[5] = max(C.strides[0] // C.itemsize, C.shape[1], 1)
     ch = np.empty(2, np.uint8)
     ch[0] = _T if trans_b else _N
     ch[1] = _T if trans_a else _N

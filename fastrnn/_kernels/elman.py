@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from .._config import NUMBA_OPTIONS
+from .blas import gemm
 from .common import log_softmax as rnn_log_softmax  # noqa: F401
 from .common import signatures, tanh_row
 from .common import softmax_xent as rnn_softmax_xent  # noqa: F401
@@ -28,7 +29,7 @@ def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
     Hs[0, :, :] = h0
     for t in range(T):
         hp = Hs[t]
-        np.dot(hp, W_hh.T, a)
+        gemm(False, True, 1.0, hp, W_hh, 0.0, a)
         x = Xp[t]
         hn = Hs[t + 1]
         for b in range(B):
@@ -57,7 +58,7 @@ def rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0):
                 d = dh[b, j] + dHs[t, b, j]
                 dh[b, j] = d
                 g[b, j] = d * (1.0 - h[b, j] * h[b, j]) if on else 0.0
-        np.dot(g, W_hh, tmp)
+        gemm(False, False, 1.0, g, W_hh, 0.0, tmp)
         for b in range(B):
             if mask[t, b] != 0:
                 for j in range(H):

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from .._config import NUMBA_OPTIONS
+from .blas import gemm
 from .common import gate_grad, gate_row, signatures, tanh_row
 
 
@@ -40,9 +41,9 @@ def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cac
         x = Xp[t]
         ca = cache[t]
         hout = Hs[t + 1]
-        np.dot(hp, W_rz.T, ghrz)
+        gemm(False, True, 1.0, hp, W_rz, 0.0, ghrz)
         if reset_after:
-            np.dot(hp, W_n.T, ghn)
+            gemm(False, True, 1.0, hp, W_n, 0.0, ghn)
         for b in range(B):
             g = ghrz[b]
             for j in range(2 * H):
@@ -56,7 +57,7 @@ def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cac
                     rh[b, j] = ca[b, j] * hp[b, j]
                     ca[b, 3 * H + j] = rh[b, j]
         if not reset_after:
-            np.dot(rh, W_n.T, ghn)
+            gemm(False, True, 1.0, rh, W_n, 0.0, ghn)
         for b in range(B):
             if reset_after:
                 for j in range(H):
@@ -146,9 +147,9 @@ def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx,
                     ghb[H + j] = dzp
                     ghb[2 * H + j] = dnp
         if reset_after:
-            np.dot(gh, W_hh, tmp)
+            gemm(False, False, 1.0, gh, W_hh, 0.0, tmp)
         else:
-            np.dot(dnb, W_n, da)
+            gemm(False, False, 1.0, dnb, W_n, 0.0, da)
             for b in range(B):
                 if mask[t, b] != 0:
                     cab = ca[b]
@@ -160,7 +161,7 @@ def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx,
                         gx[b, j] = drp
                         gh[b, j] = drp
                         dprev[b, j] += da[b, j] * r
-            np.dot(drz, W_rz, tmp)
+            gemm(False, False, 1.0, drz, W_rz, 0.0, tmp)
         for b in range(B):
             for j in range(H):
                 dh[b, j] = dprev[b, j] + tmp[b, j]

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from .._config import NUMBA_OPTIONS
+from .blas import gemm
 from .common import gate_grad, gate_row, signatures, tanh_row
 
 
@@ -39,7 +40,7 @@ def lstm_layer_forward(Xp, W_hh, b_hh, h0, c0, mask, hard_gates, Hs, Cs, cache):
         ca = cache[t]
         hout = Hs[t + 1]
         cout = Cs[t + 1]
-        np.dot(hp, W_hh.T, a)
+        gemm(False, True, 1.0, hp, W_hh, 0.0, a)
         for b in range(B):
             ab = a[b]
             cab = ca[b]
@@ -100,7 +101,7 @@ def lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0
                 g4[b, 2 * H + j] = dct * i * (1.0 - g * g)
                 g4[b, 3 * H + j] = d * tc * gate_grad(o, hard_gates)
                 dc[b, j] = dct * f
-        np.dot(g4, W_hh, tmp)
+        gemm(False, False, 1.0, g4, W_hh, 0.0, tmp)
         for b in range(B):
             if mask[t, b] != 0:
                 for j in range(H):

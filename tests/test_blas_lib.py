@@ -1,0 +1,160 @@
+"""The BLAS library the compiled kernels call (fastrnn._kernels._blas_lib).
+
+Both compiled backends take their BLAS routines from one resolved library: NumPy's bundled
+OpenBLAS when it is recognisable, SciPy's ``cython_blas`` otherwise.  These tests pin the
+choice logic, the strided ``gemm`` wrapper the Numba kernels use, and that the forced SciPy
+path (32-bit integers) computes the same model as the default one.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from fastrnn._kernels import _blas_lib
+from isolated import run_isolated
+
+
+def test_library_resolves_to_a_known_choice():
+    lib = _blas_lib.library()
+    assert lib.name in _blas_lib.CHOICES
+    assert set(lib.addr) == set(_blas_lib.ROUTINES)
+    assert all(isinstance(a, int) and a != 0 for a in lib.addr.values())
+    if lib.name == "scipy":
+        assert lib.ilp64 is False
+
+
+def test_self_test_accepts_the_resolved_library():
+    _blas_lib._self_test(_blas_lib.library())
+
+
+def test_bad_env_value_is_an_error(monkeypatch):
+    monkeypatch.setattr(_blas_lib, "_LIB", None)
+    monkeypatch.setenv("FASTRNN_BLAS", "mkl")
+    with pytest.raises(ValueError, match=r"FASTRNN_BLAS must be one of \('numpy', 'scipy'\), got 'mkl'"):
+        _blas_lib.library()
+
+
+def test_numpy_blas_that_is_not_openblas_is_refused(monkeypatch):
+    """A NumPy linked to another BLAS (MKL, Accelerate) is not guessed at."""
+    cfg = {"Build Dependencies": {"blas": {"name": "mkl-sdl", "openblas configuration": ""}}}
+    monkeypatch.setattr(np.__config__, "CONFIG", cfg, raising=False)
+    with pytest.raises(_blas_lib.BlasNotFound, match="'mkl-sdl', not an OpenBLAS"):
+        _blas_lib._from_numpy()
+
+
+def test_width_disagreement_is_refused(monkeypatch):
+    """Symbol names and build configuration must agree on the integer width."""
+    try:
+        real = _blas_lib._from_numpy()
+    except _blas_lib.BlasNotFound as exc:
+        pytest.skip(f"NumPy's BLAS is not usable here: {exc}")
+    blas = dict(np.__config__.CONFIG["Build Dependencies"]["blas"])
+    conf = blas["openblas configuration"]
+    blas["openblas configuration"] = (conf.replace("USE64BITINT", "") if real.ilp64
+                                      else conf + " USE64BITINT")
+    cfg = dict(np.__config__.CONFIG)
+    cfg["Build Dependencies"] = dict(cfg["Build Dependencies"], blas=blas)
+    monkeypatch.setattr(np.__config__, "CONFIG", cfg)
+    with pytest.raises(_blas_lib.BlasNotFound, match="symbols say ilp64"):
+        _blas_lib._from_numpy()
+
+
+def test_scipy_fallback_resolves():
+    lib = _blas_lib._from_scipy()
+    assert lib.name == "scipy" and lib.ilp64 is False
+    _blas_lib._self_test(lib)
+
+
+def test_cache_stamp_depends_on_the_library(monkeypatch):
+    """A kernel compiled for 64-bit BLAS integers must not be loaded for a 32-bit library."""
+    from fastrnn import _kernels
+    lib = _blas_lib.library()
+    before = _kernels._sources_digest()
+    other = _blas_lib.BlasLibrary("scipy" if lib.name == "numpy" else "numpy",
+                                  not lib.ilp64, lib.path, lib.addr)
+    monkeypatch.setattr(_blas_lib, "_LIB", other)
+    assert _kernels._sources_digest() != before
+
+
+def test_cython_modules_use_the_same_library():
+    from fastrnn.backends import get_backend
+    try:
+        get_backend("cython")
+    except Exception as exc:  # noqa: BLE001 - an optional backend
+        pytest.skip(f"cython backend not built: {exc}")
+    from fastrnn._kernels import _cells_cy, _rnn_cy
+    assert _rnn_cy.BLAS == _cells_cy.BLAS == repr(_blas_lib.library())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_on_column_blocks(dtype, ta, tb):
+    """Leading dimensions come from the row strides: column blocks of wider arrays work."""
+    from fastrnn._kernels.blas import gemm
+    rng = np.random.default_rng(1)
+    m, n, k = 5, 4, 3
+    Abig = rng.standard_normal((k if ta else m, 9)).astype(dtype)
+    Bbig = rng.standard_normal((n if tb else k, 11)).astype(dtype)
+    A = Abig[:, 2:2 + (m if ta else k)]
+    B = Bbig[:, 1:1 + (k if tb else n)]
+    Cbig = rng.standard_normal((m, 10)).astype(dtype)
+    want = Cbig.copy()
+    C = Cbig[:, 3:3 + n]
+    ref = 0.5 * (A.T if ta else A) @ (B.T if tb else B) + 2.0 * C
+    gemm(ta, tb, 0.5, A, B, 2.0, C)
+    want[:, 3:3 + n] = ref
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(Cbig, want, rtol=tol, atol=tol)   # and nothing outside C
+
+
+FORCED_SCIPY = r"""
+import numpy as np
+import fastrnn
+from fastrnn._kernels._blas_lib import library
+assert library().name == "scipy", library()
+x = np.random.default_rng(0).integers(0, 50, (7, 3))
+y = np.random.default_rng(1).integers(0, 50, (7, 3))
+out = {}
+for be in ("numpy", "numba", "cython"):
+    try:
+        m = fastrnn.LSTM(50, 16, num_layers=2, dtype=np.float64, backend=be, seed=3)
+    except Exception as exc:
+        continue
+    loss, g, _ = m.loss_and_grad(x, y)
+    # the tutorial RNN's kernels (gemv, ger, axpy besides gemm in the Cython module)
+    np.random.seed(4)
+    r = fastrnn.RNNNumpy(50, 8, bptt_truncate=3, backend=be)
+    for trunc in ("window", "full"):
+        g[trunc] = np.concatenate([a.ravel() for a in fastrnn.functional.grad(
+            r.U, r.V, r.W, x[:, 0], y[:, 0], truncation=trunc, k=3, backend=be)[1:]])
+    r.sgd_step(x[:, 1], y[:, 1], 0.1)
+    g["sgd"] = np.concatenate([r.U.ravel(), r.V.ravel(), r.W.ravel()])
+    out[be] = (loss, g)
+ref_loss, ref_g = out.pop("numpy")
+assert out, "no compiled backend"
+for be, (loss, g) in out.items():
+    assert abs(loss - ref_loss) <= 1e-10 * abs(ref_loss), (be, loss, ref_loss)
+    for k in ref_g:
+        np.testing.assert_allclose(g[k], ref_g[k], rtol=1e-10, atol=1e-12, err_msg=f"{be} {k}")
+print(sorted(out))
+"""
+
+
+def test_forced_scipy_blas_matches_the_reference(tmp_path):
+    """FASTRNN_BLAS=scipy (32-bit integers) gives the reference's loss and gradients.
+
+    Run in a fresh interpreter with its own Numba cache: the choice is compiled in.
+    """
+    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
+    os.environ["FASTRNN_BLAS"] = "scipy"
+    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path)
+    try:
+        out = run_isolated(FORCED_SCIPY)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert "numba" in out
