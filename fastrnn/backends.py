@@ -125,13 +125,22 @@ def available_backends():
 
 
 def backend_info():
-    """Which backends exist, which is available, and which one is used by default."""
+    """Which backends exist, which is available, which one is used by default, and the
+    BLAS library the compiled ones call (``"numpy"`` or ``"scipy"``, see
+    :mod:`fastrnn._kernels._blas_lib`)."""
     avail = available_backends()
     try:
         default = get_backend().name
     except BackendUnavailableError as exc:
         default = f"<error: {exc}>"
+    try:
+        from ._kernels._blas_lib import library
+        lib = library()
+        blas = f"{lib.name} ({'64' if lib.ilp64 else '32'}-bit integers)"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        blas = f"<error: {exc}>"
     return {"available": [n for n, ok in avail.items() if ok is True],
             "unavailable": {n: why for n, why in avail.items() if why is not True},
             "default": default,
-            "env": _config.ENV_BACKEND}
+            "env": _config.ENV_BACKEND,
+            "blas": blas}

@@ -14,6 +14,9 @@ def test_backend_info_reports_every_backend_and_the_default():
     first_available = next(n for n in backends.BACKEND_ORDER if n in info["available"])
     expected = os.environ.get("FASTRNN_BACKEND") or first_available
     assert info["default"] == expected
+    from fastrnn._kernels._blas_lib import library
+    lib = library()
+    assert info["blas"] == f"{lib.name} ({'64' if lib.ilp64 else '32'}-bit integers)"
 
 
 def test_every_backend_exposes_the_same_rnn_function_table():
