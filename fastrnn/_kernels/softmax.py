@@ -8,7 +8,8 @@ LLVM turns into SIMD code:
     exp(x) = 2**n * exp(r),   n = round(x / ln 2),   r = x - n ln 2,   |r| <= ln(2)/2
 
 ``exp(r)`` is its Taylor polynomial of degree 12 (truncation error below 2e-16 relative on
-that interval), evaluated by Horner in float64 for both dtypes; ``ln 2`` is split into a
+that interval), evaluated by Horner in float64; float32 rows going to float32 outputs
+use a float32 version with a degree-7 polynomial instead (:func:`_exp_shifted32`); ``ln 2`` is split into a
 high and a low part so ``r`` is exact to double rounding; ``2**n`` is built from its bit
 pattern.  Arguments are ``z - max(z) <= 0``; below -708 the result is flushed to 0 (the
 true value is < 1e-307, irrelevant next to the row sum, which is >= 1).
@@ -33,12 +34,81 @@ _SHIFTER_BITS = np.int64(0x4338000000000000)
 _C = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(13))
 
 
-@njit(**_POLY_OPTIONS)
+@njit(**NUMBA_OPTIONS)
 def exp_shifted(row, m, out, pbuf, nbuf):
     """``out[j] = exp(row[j] - m)`` for ``row[j] <= m``; returns ``sum_j out[j]`` (float64).
 
     ``pbuf`` and ``nbuf`` are float64 scratch rows of the same length; ``out`` may be
-    ``row`` itself.  No float-to-integer conversion is used (AVX2 has no packed one): the
+    ``row`` itself.  A float32 ``row`` into a float32 ``out`` takes the float32 path
+    (:func:`_exp_shifted32`, 8 lanes per AVX2 register and a shorter polynomial); every
+    other combination the float64 one.  The branch is on constants of the array types.
+    """
+    if row.itemsize == 4 and out.itemsize == 4:
+        return _exp_shifted32(row, m, out, pbuf, nbuf)
+    return _exp_shifted64(row, m, out, pbuf, nbuf)
+
+
+# float32 constants (a float64 literal would promote the arithmetic to float64).  ln 2 in
+# two parts, the high one exact in 9 bits so that n * _LN2_HI_F is exact for |n| <= 127;
+# the polynomial is the classic minimax one for exp on |r| <= ln(2)/2 (relative error
+# about 1e-7, float32 rounding level).  Arguments below -87.3 give 0: exp(-87.3) is
+# 1.2e-38, the smallest normal float32, negligible next to a row sum >= 1.
+_F = np.float32
+_LOG2E_F = _F(1.44269504088896341)
+_LN2_HI_F = _F(0.693359375)
+_LN2_LO_F = _F(-2.12194440e-4)
+_UNDER_F = _F(-87.3)
+_HALF_F = _F(0.5)
+_ONE_F = _F(1.0)
+_ZERO_F = _F(0.0)
+_P_F = (_F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3), _F(4.1665795894e-2),
+        _F(1.6666665459e-1), _F(5.0000001201e-1))
+# 1.5 * 2**23 + 127: adding it to an integral float32 n leaves n + 127 in the low bits.
+_SHIFTER_F = _F(12582912.0 + 127.0)
+_SHIFTER_F_BITS = np.int32(0x4B400000)
+
+
+@njit(**_POLY_OPTIONS)
+def _exp_shifted32(row, m, out, pbuf, nbuf):
+    """The float32 path of :func:`exp_shifted` (``row`` and ``out`` float32).
+
+    ``m`` is the float64 row maximum of a float32 row, so it is exact in float32.  2**n is
+    built like the float64 path's, in 32-bit integers, inside the scratch rows viewed as
+    float32.  The sum is still taken in float64 (:func:`_sum`).
+    """
+    n_el = row.shape[0]
+    mf = np.float32(m)
+    p0, p1, p2, p3, p4, p5 = _P_F
+    pb = pbuf.view(np.float32)
+    nb = nbuf.view(np.float32)
+    for j in range(n_el):
+        x = row[j] - mf
+        under = x < _UNDER_F
+        x = _UNDER_F if under else x
+        n = np.floor(x * _LOG2E_F + _HALF_F)
+        r = (x - n * _LN2_HI_F) - n * _LN2_LO_F
+        p = p0
+        p = p * r + p1
+        p = p * r + p2
+        p = p * r + p3
+        p = p * r + p4
+        p = p * r + p5
+        p = (p * (r * r) + r) + _ONE_F
+        pb[j] = _ZERO_F if under else p
+        nb[j] = n + _SHIFTER_F
+    bits = nb[:n_el].view(np.int32)
+    for j in range(n_el):
+        bits[j] = (bits[j] - _SHIFTER_F_BITS) << 23      # now the bits of 2**n
+    for j in range(n_el):
+        out[j] = pb[j] * nb[j]
+    return _sum(out)
+
+
+@njit(**_POLY_OPTIONS)
+def _exp_shifted64(row, m, out, pbuf, nbuf):
+    """The float64 path of :func:`exp_shifted`: Horner in float64 for any dtype.
+
+    No float-to-integer conversion is used (AVX2 has no packed one): the
     integer ``n + 1023`` is placed in the low mantissa bits of ``nbuf`` by adding 1.5*2**52,
     then shifted into the exponent field with integer SIMD.
     """
