@@ -4,7 +4,7 @@
 
 Runs in its own process: measures the resident set after imports (the baseline: Python,
 NumPy, Numba, SciPy), builds the model (2 x 200 LSTM, V=10000, float32), runs 5 SGD steps
-on a batch of 20 x 20 and reads the peak resident set (``ru_maxrss``).  "Must hold" is
+on a batch of 20 x 20 (the gradient arrays passed back in, as a training loop does) and reads the peak resident set (``ru_maxrss``).  "Must hold" is
 the parameters, the gradients, the optimizer state (none for SGD) and the activations the
 backward pass needs (embedded inputs, per-layer states, caches and projections, logits).
 Prints one line of ``key=value`` pairs.
@@ -65,8 +65,9 @@ def main(backend="numba"):
     opt = optim.SGD(model.parameters(), lr=0.1)
     rng = np.random.default_rng(0)
     seq = rng.integers(0, V, (T + 1, B))
+    grads = None
     for _ in range(5):
-        _, grads, _ = model.loss_and_grad(seq[:-1], seq[1:])
+        _, grads, _ = model.loss_and_grad(seq[:-1], seq[1:], grads=grads)   # reused
         opt.step(grads)
     peak = peak_mb()
     item = 4

@@ -174,31 +174,34 @@ def hidden_state(h, H, dtype, name="h0"):
     return arr
 
 
-def param_dict(p, want, dtype):
+def param_dict(p, want, dtype, name="parameters()"):
     """Check a model's live parameter dict against ``want`` (``name -> shape``), in place.
 
     Every expected name present and no other, each an ndarray of ``dtype``, of exactly its
     shape, C-contiguous.  Values are not scanned (too costly per call; loaders scan them).
     Used by every model before its kernels run, since ``parameters()`` is a live dict whose
-    entries a user may replace.
+    entries a user may replace; also for gradient dicts passed back in (``name="grads"``).
     """
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"model dtype must be float32 or float64, got {dtype}")
+    if not isinstance(p, dict):
+        raise TypeError(f"{name} must be a dict name -> array, got {type(p).__name__}")
+    item = "parameter" if name == "parameters()" else f"{name} entry"
     if len(p) != len(want) or any(n not in p for n in want):
-        raise ValueError(f"parameters() must hold exactly {list(want)}; missing "
+        raise ValueError(f"{name} must hold exactly {list(want)}; missing "
                          f"{[n for n in want if n not in p]}, unexpected "
                          f"{[n for n in p if n not in want]}")
     for n, shape in want.items():
         a = p[n]
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"parameter {n} must be a numpy array, got {type(a).__name__}")
+            raise TypeError(f"{item} {n} must be a numpy array, got {type(a).__name__}")
         if a.dtype != dtype:
-            raise TypeError(f"parameter {n} must have dtype {np.dtype(dtype).name} (the model's "
+            raise TypeError(f"{item} {n} must have dtype {np.dtype(dtype).name} (the model's "
                             f"dtype), got {a.dtype}")
         if a.shape != shape:
-            raise ValueError(f"parameter {n} must have shape {shape}, got {a.shape}")
+            raise ValueError(f"{item} {n} must have shape {shape}, got {a.shape}")
         if not a.flags.c_contiguous:
-            raise ValueError(f"parameter {n} must be C-contiguous, got a non-contiguous or "
+            raise ValueError(f"{item} {n} must be C-contiguous, got a non-contiguous or "
                              f"Fortran-ordered array (use np.ascontiguousarray, or assign in "
-                             f"place: parameters()[{n!r}][...] = values)")
+                             f"place: {name}[{n!r}][...] = values)")
     return p

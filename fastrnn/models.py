@@ -49,6 +49,7 @@ decoder.*``.  ``torch.nn.GRU`` is the ``reset_after=True, hard_gates=False`` GRU
 ``torch.nn.RNN`` is the tanh RNN; ``torch.nn.LSTM`` the ``hard_gates=False`` LSTM.
 """
 import numbers
+import threading
 
 import numpy as np
 
@@ -76,8 +77,11 @@ def _kernel(be, name):
     return fn
 
 
-def _mm(be, A, B, trans_a=False, trans_b=False):
+def _mm(be, A, B, trans_a=False, trans_b=False, out=None):
     """``op(A) @ op(B)`` for the whole-sequence products, on the BLAS the backend's kernels use.
+
+    ``out``, if given, is a C-contiguous array of the product's shape and dtype (checked by
+    the caller) that receives the product.
 
     The Numba and Cython kernels call SciPy's OpenBLAS; NumPy's ``@`` calls NumPy's own
     OpenBLAS, a second library with threads of its own.  With two threads each, the two
@@ -88,11 +92,11 @@ def _mm(be, A, B, trans_a=False, trans_b=False):
     """
     if getattr(be, "name", None) not in ("numba", "cython") \
             or not (A.flags.c_contiguous and B.flags.c_contiguous) or A.dtype != B.dtype:
-        return (A.T if trans_a else A) @ (B.T if trans_b else B)
+        return np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
     from ._kernels.blas import gemm
     m = A.shape[1] if trans_a else A.shape[0]
     n = B.shape[0] if trans_b else B.shape[1]
-    C = np.empty((m, n), A.dtype)
+    C = np.empty((m, n), A.dtype) if out is None else out
     gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
     return C
 
@@ -581,7 +585,29 @@ class _LanguageModel:
                  p.get(f"bias_hh_l{k}")) for k in range(self.num_layers)]
 
     # -- passes -------------------------------------------------------------------
-    def _run(self, x, hidden, mask):
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_local", None)          # per-thread scratch: not part of the model
+        return state
+
+    def _logits_buffer(self, n_tok):
+        """A reusable ``(n_tok, V)`` logits array for :meth:`loss` / :meth:`loss_and_grad`.
+
+        Per model and per thread (``threading.local``): the logits never leave those
+        methods, and a fresh 16 MB array per step (PTB-small) costs page faults and keeps
+        the allocator's heap high.  One buffer is kept, for the last batch shape.
+        """
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = self.__dict__.setdefault("_local", threading.local())
+        buf = getattr(local, "logits", None)
+        shape = (n_tok, self.vocab_size)
+        if buf is None or buf.shape != shape or buf.dtype != self.dtype:
+            buf = local.logits = None          # free the old one before allocating
+            buf = local.logits = np.empty(shape, self.dtype)
+        return buf
+
+    def _run(self, x, hidden, mask, reuse=False):
         self._check_params()
         xa = _tokens2d(x, self.vocab_size, "x")
         T, B = xa.shape
@@ -591,7 +617,8 @@ class _LanguageModel:
         layers = self._layers()
         caches = stack_forward(self._be, self.cell, self.flags, layers, X0, h0, c0, m)
         top = caches[-1].Hs[1:].reshape(T * B, self.hidden_size)
-        Z = _mm(self._be, top, self._params["decoder.weight"], trans_b=True)
+        Z = _mm(self._be, top, self._params["decoder.weight"], trans_b=True,
+                out=self._logits_buffer(T * B) if reuse else None)
         Z += self._params["decoder.bias"]
         return xa, m, layers, caches, top, Z
 
@@ -626,7 +653,7 @@ class _LanguageModel:
     __call__ = forward
 
     def _loss(self, x, y, mask, hidden):
-        xa, m, layers, caches, top, Z = self._run(x, hidden, mask)
+        xa, m, layers, caches, top, Z = self._run(x, hidden, mask, reuse=True)
         ya = _tokens2d(y, self.vocab_size, "y")
         if ya.shape != xa.shape:
             raise ValueError(f"y must have the shape of x {xa.shape}, got {ya.shape}")
@@ -662,11 +689,20 @@ class _LanguageModel:
         L, xa, m, layers, caches, top, Z = self._loss(x, y, mask, hidden)
         return L, self._hidden_out(caches)
 
-    def loss_and_grad(self, x, y, mask=None, hidden=None):
+    def loss_and_grad(self, x, y, mask=None, hidden=None, grads=None):
         """Mean NLL and its exact gradient (full BPTT over the ``T`` steps given).
 
         The incoming ``hidden`` is treated as a constant (a stream trainer passes the
         previous chunk's final state: truncated BPTT at chunk boundaries).
+
+        Parameters
+        ----------
+        x, y, mask, hidden : as in :meth:`loss`
+        grads : dict, optional
+            The ``grads`` of an earlier call (or any dict with the keys, shapes and dtype of
+            :meth:`parameters`, C-contiguous and writeable): the new gradient is written
+            into its arrays and the same dict is returned.  Saves allocating (and
+            page-faulting) a full set of gradient arrays every step.
 
         Returns
         -------
@@ -675,23 +711,51 @@ class _LanguageModel:
             Same keys, shapes and dtype as :meth:`parameters`.
         hidden : the final state (new arrays)
         """
+        want = self._expected_shapes()
+        if grads is not None:
+            _validate.param_dict(grads, want, self.dtype, name="grads")
+            bad = [n for n, a in grads.items() if not a.flags.writeable]
+            if bad:
+                raise ValueError(f"grads[{bad[0]!r}] is read-only; grads must be writeable arrays")
+            p = self._params
+            shared = [n for n, a in grads.items()
+                      if any(np.may_share_memory(a, q) for q in p.values())]
+            if shared:
+                raise ValueError(f"grads[{shared[0]!r}] shares memory with the model's "
+                                 "parameters; pass separate arrays")
         L, xa, m, layers, caches, top, dZ = self._loss(x, y, mask, hidden)
         T, B = xa.shape
         p = self._params
         dTop = _mm(self._be, dZ, p["decoder.weight"]).reshape(T, B, self.hidden_size)
         lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop)
-        g = {}
-        dEmb = np.zeros_like(p["embedding.weight"])
+        g = grads if grads is not None else {}
+        dEmb = g.get("embedding.weight")
+        if dEmb is None:
+            dEmb = np.zeros_like(p["embedding.weight"])
+        else:
+            dEmb.fill(0)
         np.add.at(dEmb, xa.reshape(-1), dX0.reshape(T * B, -1))
         g["embedding.weight"] = dEmb
+
+        def put(name, value):
+            if grads is None:
+                g[name] = value
+            else:
+                g[name][...] = value
+
         for k, (dW_ih, dW_hh, db_ih, db_hh) in enumerate(lg):
-            g[f"weight_ih_l{k}"] = dW_ih
-            g[f"weight_hh_l{k}"] = dW_hh
+            put(f"weight_ih_l{k}", dW_ih)
+            put(f"weight_hh_l{k}", dW_hh)
             if self.bias:
-                g[f"bias_ih_l{k}"] = db_ih
-                g[f"bias_hh_l{k}"] = db_hh
-        g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True)
-        g["decoder.bias"] = dZ.sum(axis=0)
+                put(f"bias_ih_l{k}", db_ih)
+                put(f"bias_hh_l{k}", db_hh)
+        g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"))
+        if grads is None:
+            g["decoder.bias"] = dZ.sum(axis=0)
+        else:
+            dZ.sum(axis=0, out=g["decoder.bias"])
+        if grads is None:                        # the documented key order
+            g = {n: g[n] for n in want}
         return L, g, self._hidden_out(caches)
 
     def __repr__(self):

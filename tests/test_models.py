@@ -438,3 +438,90 @@ def test_from_torch_state_dict_checks_ndim():
     bad["rnn.weight_hh_l0"] = np.float32(1.0)
     with pytest.raises(ValueError, match=r"rnn.weight_hh_l0'\] must be 2-D"):
         GRU.from_torch_state_dict(bad)
+
+
+# ------------------------------------------------------------- reused gradient arrays
+
+@pytest.mark.parametrize("be", ["numpy"] + compiled_backends())
+@pytest.mark.parametrize("cls,kw", [MODELS[0], MODELS[1], MODELS[4]], ids=["RNN", "GRU", "LSTM"])
+def test_grads_passed_back_are_overwritten_with_the_same_values(cls, kw, be):
+    """``loss_and_grad(..., grads=g)`` writes into ``g`` exactly what a fresh call returns,
+    whatever ``g`` held before (stale values, a different batch's gradient)."""
+    m = cls(13, 5, num_layers=2, dtype=np.float64, backend=be, seed=2, **kw)
+    x, y = batch(T=5, B=3, V=13, seed=6)
+    x2, y2 = batch(T=5, B=3, V=13, seed=7)
+    _, g, _ = m.loss_and_grad(x2, y2)          # another batch touches other embedding rows
+    for a in g.values():
+        a += 3.0                                # and stale garbage on top
+    L_fresh, fresh, h_fresh = m.loss_and_grad(x, y)
+    L, same, h = m.loss_and_grad(x, y, grads=g)
+    assert same is g and L == L_fresh
+    assert list(g) == list(fresh) == list(m.parameters())
+    for n in fresh:
+        np.testing.assert_array_equal(g[n], fresh[n], err_msg=n)
+    np.testing.assert_array_equal(np.asarray(h), np.asarray(h_fresh))
+
+
+def test_grads_passed_back_are_checked():
+    m = LSTM(11, 4, dtype=np.float32, backend="numpy", seed=0)
+    x, y = batch(T=3, B=2, V=11)
+    _, g, _ = m.loss_and_grad(x, y)
+    with pytest.raises(TypeError, match="grads must be a dict name -> array, got list"):
+        m.loss_and_grad(x, y, grads=list(g.values()))
+    bad = dict(g)
+    del bad["decoder.bias"]
+    with pytest.raises(ValueError, match=r"grads must hold exactly .*missing \['decoder.bias'\]"):
+        m.loss_and_grad(x, y, grads=bad)
+    bad = dict(g, **{"decoder.weight": np.zeros((11, 5), np.float32)})
+    with pytest.raises(ValueError, match=r"grads entry decoder.weight must have shape \(11, 4\), "
+                                         r"got \(11, 5\)"):
+        m.loss_and_grad(x, y, grads=bad)
+    bad = dict(g, **{"decoder.bias": np.zeros(11)})
+    with pytest.raises(TypeError, match="grads entry decoder.bias must have dtype float32"):
+        m.loss_and_grad(x, y, grads=bad)
+    ro = g["weight_hh_l0"].copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\['weight_hh_l0'\] is read-only"):
+        m.loss_and_grad(x, y, grads=dict(g, weight_hh_l0=ro))
+    with pytest.raises(ValueError, match=r"shares memory with the model's parameters"):
+        m.loss_and_grad(x, y, grads=m.parameters())
+    before = {n: a.copy() for n, a in g.items()}
+    with pytest.raises(ValueError, match="out of range"):
+        m.loss_and_grad(np.full((3, 2), 11), y, grads=g)
+    for n in g:                                 # a rejected call leaves grads untouched
+        np.testing.assert_array_equal(g[n], before[n])
+
+
+@pytest.mark.parametrize("be", ["numpy"] + compiled_backends())
+def test_logits_workspace_is_per_thread(be):
+    """Two threads computing losses of different batches on one model concurrently each get
+    their own logits buffer: every result equals the single-threaded one."""
+    import threading
+    m = LSTM(300, 8, dtype=np.float64, backend=be, seed=1)
+    batches = [batch(T=6, B=4, V=300, seed=s) for s in range(2)]
+    want = [m.loss_and_grad(x, y)[0] for x, y in batches]
+    got = [[], []]
+
+    def work(i):
+        x, y = batches[i]
+        for _ in range(30):
+            got[i].append(m.loss_and_grad(x, y)[0])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert got[i] == [want[i]] * 30
+
+
+def test_model_with_a_used_workspace_copies_and_pickles():
+    """The per-thread logits buffer is scratch: copies and pickles work after a loss."""
+    import copy
+    import pickle
+    m = LSTM(20, 4, dtype=np.float64, backend="numpy", seed=0)
+    x, y = batch(T=3, B=2, V=20)
+    want = m.loss(x, y)[0]
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert other.loss(x, y)[0] == want
