@@ -42,6 +42,13 @@ def table(data):
                              f" + fastrnn {info.get('warm_fastrnn_s', nan):.2f} + first step "
                              f"(BLAS lookup, kernel load) {info.get('warm_first_step_s', nan):.2f}"
                              f"{'; SciPy BLAS imported' if info.get('scipy_linalg') else ''}")
+                if "cython_start_s" in info:
+                    lines.append(f"[start-up] the same with backend='cython': "
+                                 f"{info['cython_start_s']:.2f} s (Numba imported: "
+                                 f"{info['cython_numba']})")
+                if "numba_floor_s" in info:
+                    lines.append(f"[start-up] Numba's floor (import numba + one trivial cached "
+                                 f"function): {info['numba_floor_s']:.2f} s")
             continue
         med = {k: r["stats"]["median"] for k, r in by_impl.items()}
         seed = med.get("seed-loop")

@@ -57,6 +57,36 @@ print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, int("scipy.linalg" in sys.modules))
 """
 
 
+STARTUP_CYTHON = r"""
+import time
+t0 = time.perf_counter()
+import sys
+import numpy as np
+import fastrnn
+np.random.seed(0)
+m = fastrnn.RNNNumpy(8000, 100, backend="cython")
+m.sgd_step(list(range(1, 24)), list(range(2, 25)), 0.005)
+print(time.perf_counter() - t0, int("numba" in sys.modules))
+"""
+
+
+# Numba's own floor: import Numba and call one trivial cached function (warm cache).
+NUMBA_FLOOR = r"""
+import time
+t0 = time.perf_counter()
+import numba
+@numba.njit(cache=True)
+def f(a):
+    s = 0.0
+    for v in a:
+        s += v
+    return s
+import numpy as np
+f(np.ones(3))
+print(time.perf_counter() - t0)
+"""
+
+
 def test_numba_compile_time(benchmark):
     """Cold compile and warm start, each in a fresh interpreter, timed apart from the runs.
 
@@ -64,7 +94,9 @@ def test_numba_compile_time(benchmark):
     ``sgd_step`` (compiles the RNN kernels).  Warm: the same with the cache filled.  The
     warm time is split into importing Numba, fastrnn's own import and the first step
     (finding the BLAS library and loading the cached kernels).  ``scipy_linalg`` records
-    whether SciPy's BLAS was imported (only when NumPy's BLAS is not usable).
+    whether SciPy's BLAS was imported (Numba's own start-up imports it).  The Cython backend's
+    start-up (no compile cache, no Numba import) is recorded beside it when it is built, and
+    Numba's own floor: importing it and calling one trivial cached function.
     """
     import os
     import subprocess
@@ -80,6 +112,20 @@ def test_numba_compile_time(benchmark):
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         cold = timed(env)
         warm = timed(env)
+        try:
+            cy = subprocess.run([sys.executable, "-c", STARTUP_CYTHON], env=env,
+                                capture_output=True, text=True, check=True).stdout.split()
+            benchmark.extra_info.update(cython_start_s=float(cy[0]), cython_numba=bool(int(cy[1])))
+        except subprocess.CalledProcessError:
+            pass                                   # no Cython backend built
+        with tempfile.TemporaryDirectory() as mod:
+            path = os.path.join(mod, "numba_floor.py")
+            with open(path, "w") as f:
+                f.write(NUMBA_FLOOR)
+            for _ in range(2):                     # the first run fills the cache
+                floor = subprocess.run([sys.executable, path], env=env, capture_output=True,
+                                       text=True, check=True).stdout
+        benchmark.extra_info.update(numba_floor_s=float(floor))
     benchmark.group = "compile"
     benchmark.extra_info.update(cold_import_s=cold[3], warm_import_s=warm[3],
                                 warm_numba_s=warm[0], warm_fastrnn_s=warm[1],

@@ -83,22 +83,28 @@ def _mm(be, A, B, trans_a=False, trans_b=False, out=None):
     ``out``, if given, is a C-contiguous array of the product's shape and dtype (checked by
     the caller) that receives the product.
 
-    The Numba and Cython kernels call SciPy's OpenBLAS; NumPy's ``@`` calls NumPy's own
-    OpenBLAS, a second library with threads of its own.  With two threads each, the two
-    libraries' spinning workers fight over a 2-core machine: the PTB-shaped LSTM step
-    measured 246 ms on two threads against 132 ms on one.  Doing every large product in
-    the kernels' library removes the fight.  Operands that are not C-contiguous (rare
-    column slices) take NumPy's path.
+    The Numba and Cython kernels call the BLAS of :mod:`fastrnn._kernels._blas_lib`.  When
+    that is NumPy's own (the usual case), ``np.matmul`` already runs in it.  When it is
+    SciPy's (the fallback), NumPy's ``@`` would call a second OpenBLAS with threads of its
+    own, and the two libraries' spinning workers fight over the cores (measured on the
+    2-core machine: the PTB-shaped LSTM step took 246 ms on two threads against 132 ms on
+    one), so the product goes through the kernels' ``gemm``.  Operands that are not
+    C-contiguous (rare column slices) take NumPy's path.
     """
-    if getattr(be, "name", None) not in ("numba", "cython") \
-            or not (A.flags.c_contiguous and B.flags.c_contiguous) or A.dtype != B.dtype:
-        return np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
-    from ._kernels.blas import gemm
-    m = A.shape[1] if trans_a else A.shape[0]
-    n = B.shape[0] if trans_b else B.shape[1]
-    C = np.empty((m, n), A.dtype) if out is None else out
-    gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
-    return C
+    if getattr(be, "name", None) in ("numba", "cython") and _kernels_blas() != "numpy" \
+            and A.flags.c_contiguous and B.flags.c_contiguous and A.dtype == B.dtype:
+        from ._kernels.blas import gemm
+        m = A.shape[1] if trans_a else A.shape[0]
+        n = B.shape[0] if trans_b else B.shape[1]
+        C = np.empty((m, n), A.dtype) if out is None else out
+        gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
+        return C
+    return np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+
+
+def _kernels_blas():
+    from ._kernels._blas_lib import library
+    return library().name
 
 
 def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):

@@ -48,3 +48,24 @@ def test_missing_kernel_is_an_attribute_error_naming_it():
     be = fastrnn.get_backend("numpy")
     with pytest.raises(AttributeError, match="has no kernel 'gru_layer_sideways'"):
         be.gru_layer_sideways
+
+
+def test_cython_backend_does_not_import_numba():
+    """The Cython backend's kernels are compiled ahead of time: using it must not pay for
+    importing Numba (0.3-0.5 s of start-up)."""
+    import sys
+    from isolated import run_isolated
+    if not fastrnn.available_backends().get("cython") is True:
+        pytest.skip("cython backend not built")
+    out = run_isolated("""
+        import sys
+        import numpy as np
+        import fastrnn
+        np.random.seed(0)
+        m = fastrnn.RNNNumpy(50, 8, backend="cython")
+        m.sgd_step([1, 2, 3], [2, 3, 4], 0.01)
+        g = fastrnn.LSTM(20, 4, backend="cython", seed=0)
+        g.loss_and_grad(np.zeros((3, 2), int), np.ones((3, 2), int))
+        print("numba" in sys.modules)
+    """)
+    assert out.strip() == "False"

@@ -8,7 +8,8 @@ On-disk cache safety
 Numba's cache index checks only the source file of the function being loaded, not the
 modules it calls into: after an edit to ``softmax.py`` or ``common.py`` (or an upgrade
 that leaves old ``__pycache__`` files behind) a kernel in ``rnn.py`` could load stale
-machine code.  So before any kernel module is imported, the cache of this package is
+machine code.  So before any Numba kernel module is imported (each imports
+:mod:`._numba_init` first), the cache of this package is
 stamped with a hash of every kernel source file, of the Numba version and of the BLAS
 library the kernels link to (:mod:`._blas_lib`: its integer width is compiled in), and
 cleared when the stamp differs.  ``tests/test_cache.py`` checks this.
@@ -66,5 +67,3 @@ def _check_cache():
     except OSError:
         pass  # a read-only install: Numba then falls back to its own cache locator
 
-
-_check_cache()

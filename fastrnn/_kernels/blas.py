@@ -18,6 +18,7 @@ width is a compile-time constant here, and the external symbols are named by it
 (``fastrnn_sgemm_i64`` ...): a cached kernel compiled for the other library would fail to
 link instead of passing wrong-sized integers (the cache stamp also clears it first).
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import llvmlite.binding as _llvm
 import numpy as np
 from numba import config as _numba_config

@@ -24,6 +24,7 @@ masked cross-entropy and, in place, its gradient ``dL/dZ``, row by row, never st
 probabilities apart; the exponentials come from the vectorised, float64-accurate
 :func:`fastrnn._kernels.softmax.exp_shifted`.
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import math
 
 import numpy as np

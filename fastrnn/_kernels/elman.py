@@ -10,6 +10,7 @@ are allocated once per call, before the time loop.
 Also exports the output-layer kernels every language model uses, ``rnn_softmax_xent`` and
 ``rnn_log_softmax`` (from :mod:`fastrnn._kernels.common`).
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
 from numba import njit
 

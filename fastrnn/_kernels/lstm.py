@@ -14,6 +14,7 @@ time on a busy shared 2-core machine, so +-30 %): forward and forward + backward
 0.6-1.0x the NumPy reference's time (float64: 0.8-0.9x); the per-step GEMMs alone
 (``blas-only``) are about half of it.
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
 from numba import njit
 

@@ -26,6 +26,7 @@ The window truncation is computed by accumulating each output's error into ``G``
 steps it reaches, then forming ``dW`` once as a GEMM (``Gᵀ S_prev``), instead of one
 outer product per (output, step) pair as the reference does; results agree to rounding.
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
 from numba import njit
 

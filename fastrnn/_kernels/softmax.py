@@ -15,6 +15,7 @@ pattern.  Arguments are ``z - max(z) <= 0``; below -708 the result is flushed to
 true value is < 1e-307, irrelevant next to the row sum, which is >= 1).
 Tests compare every kernel using it against the NumPy reference at rtol 1e-10.
 """
+from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
 from numba import njit
 

@@ -1,0 +1,6 @@
+"""Imported first by every Numba kernel module: the on-disk cache stamp is checked (and a
+stale cache cleared) once, before any kernel is compiled or loaded.  The Cython modules do
+not import it, so the Cython backend runs without importing Numba at all."""
+from . import _check_cache
+
+_check_cache()
