@@ -276,7 +276,7 @@ def test_float32_vector_activations():
     """The vectorised float32 exp/tanh/sigmoid stay within a few float32 ulps of libm."""
     x = np.concatenate([np.linspace(-20, 20, 40001), [0.0, 1e-30, -1e-8, 0.2499999, 0.25,
                                                       100.0, -100.0, 1e4, -1e4]]).astype(np.float32)
-    ib = np.empty(x.size, np.int32)
+    ib = np.empty(2 * x.size, np.int32)     # the kernels' scratch: twice the row
     out = np.empty_like(x)
     x64 = x.astype(np.float64)
     KC.tanh_row(x, out, ib)
@@ -292,6 +292,13 @@ def test_float32_vector_activations():
     y = np.linspace(-80, 80, 1001).astype(np.float32)
     KC.exp_f32(y, e[:y.size], ib)
     np.testing.assert_allclose(e[:y.size], np.exp(y.astype(np.float64)), rtol=2e-7)
+    # in place, and with too short a scratch (the scalar fallback): the same values
+    e2 = y.copy()
+    KC.exp_f32(e2, e2, ib)
+    np.testing.assert_array_equal(e2, e[:y.size])
+    e3 = np.empty_like(y)
+    KC.exp_f32(y, e3, np.empty(y.size, np.int32))
+    np.testing.assert_array_equal(e3, e[:y.size])
     # float64 rows use libm: identical to NumPy to rounding
     out64 = np.empty_like(x64)
     KC.tanh_row(x64, out64, ib)

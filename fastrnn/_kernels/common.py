@@ -105,12 +105,35 @@ _F = np.float32
 
 @njit(**NUMBA_OPTIONS)
 def exp_f32(x, out, ib):
-    """``out[:n] = exp(x[:n])`` for float32 vectors (``out`` may be ``x``); ``ib`` int32 scratch.
+    """``out[:n] = exp(x[:n])`` for float32 vectors (``out`` may be ``x``).
+
+    ``ib`` is int32 scratch of at least ``2 n`` elements: the first half receives the bits
+    of ``2**k``, the second half (viewed as float32) the polynomial.  Every loop thus
+    writes an array it does not read: with ``out`` being ``x``, a loop reading and
+    writing it failed LLVM's run-time overlap check and ran scalar (measured 5.7 ns
+    against 0.9 ns per element).
+
+    With a shorter ``ib`` (a caller's mistake: these helpers never see user input) the
+    same values are computed one element at a time with ``math.ldexp``, without scratch.
 
     Inputs are clamped to ``[-87.3, 88.7]``: below, the result is 1.2e-38 instead of a
     denormal or 0; above, ``inf`` (as ``expf``).
     """
     n = x.shape[0]
+    if ib.shape[0] < 2 * n:
+        for i in range(n):
+            v = min(max(x[i], _F(-87.3)), _F(88.7))
+            k = np.floor(v * _F(1.44269504) + _F(0.5))
+            r = v - k * _F(0.693359375) - k * _F(-2.12194440e-4)
+            p = _F(1.9875691500e-4)
+            p = p * r + _F(1.3981999507e-3)
+            p = p * r + _F(8.3334519073e-3)
+            p = p * r + _F(4.1665795894e-2)
+            p = p * r + _F(1.6666665459e-1)
+            p = p * r + _F(5.0000001201e-1)
+            out[i] = _F(p * r * r + r + _F(1.0)) * _F(math.ldexp(1.0, int(k)))
+        return
+    pb = ib[n:2 * n].view(np.float32)
     for i in range(n):
         v = min(max(x[i], _F(-87.3)), _F(88.7))
         k = np.floor(v * _F(1.44269504) + _F(0.5))
@@ -121,11 +144,11 @@ def exp_f32(x, out, ib):
         p = p * r + _F(4.1665795894e-2)
         p = p * r + _F(1.6666665459e-1)
         p = p * r + _F(5.0000001201e-1)
-        out[i] = p * r * r + r + _F(1.0)
+        pb[i] = p * r * r + r + _F(1.0)
         ib[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
     scale = ib[:n].view(np.float32)
     for i in range(n):
-        out[i] *= scale[i]
+        out[i] = pb[i] * scale[i]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -178,7 +201,7 @@ def gate_row(src, dst, hard, ib):
     """``dst = sigmoid(src)`` or ``hard_sigmoid(src)`` for vectors (``dst`` may be ``src``).
 
     float32 uses :func:`exp_f32` (max relative error 1.5e-7 measured over [-20, 20]);
-    float64 calls libm per element.  ``ib``: int32 scratch at least as long as ``src``.
+    float64 calls libm per element.  ``ib``: int32 scratch at least twice as long as ``src``.
     """
     if src.dtype == np.float32:
         _gate_row_f32(src, dst, hard, ib)
@@ -187,7 +210,8 @@ def gate_row(src, dst, hard, ib):
 
 
 def tanh_row(src, dst, ib):
-    """``dst = tanh(src)`` for vectors; ``dst`` must not overlap ``src``.
+    """``dst = tanh(src)`` for vectors; ``dst`` must not overlap ``src``; ``ib``: int32
+    scratch at least twice as long as ``src``.
 
     float32: ``1 - 2 / (exp(2x) + 1)``, and for ``|x| < 0.25`` (where that formula loses
     relative accuracy) the odd Taylor series to ``x**9``; max relative error 4.4e-7

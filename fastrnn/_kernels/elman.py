@@ -26,7 +26,7 @@ def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
     """Forward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_forward`."""
     T, B, H = Xp.shape
     a = np.empty((B, H), Xp.dtype)
-    ib = np.empty(H, np.int32)
+    ib = np.empty(2 * H, np.int32)   # exp scratch: twice the row
     Hs[0, :, :] = h0
     for t in range(T):
         hp = Hs[t]

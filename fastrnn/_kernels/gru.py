@@ -35,7 +35,7 @@ def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cac
     ghn = np.empty((B, H), Xp.dtype)
     rh = np.empty((B, H), Xp.dtype)
     npre = np.empty(H, Xp.dtype)
-    ib = np.empty(2 * H, np.int32)
+    ib = np.empty(4 * H, np.int32)   # exp scratch: twice the row
     Hs[0, :, :] = h0
     for t in range(T):
         hp = Hs[t]

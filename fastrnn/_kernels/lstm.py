@@ -31,7 +31,7 @@ def lstm_layer_forward(Xp, W_hh, b_hh, h0, c0, mask, hard_gates, Hs, Cs, cache):
     a = np.empty((B, G), Xp.dtype)
     cb = np.empty(H, Xp.dtype)
     tc = np.empty(H, Xp.dtype)
-    ib = np.empty(2 * H, np.int32)
+    ib = np.empty(4 * H, np.int32)   # exp scratch: twice the row
     Hs[0, :, :] = h0
     Cs[0, :, :] = c0
     for t in range(T):
@@ -72,7 +72,7 @@ def lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0
     dc = np.zeros((B, H), dt)
     tmp = np.empty((B, H), dt)
     tcb = np.empty(H, dt)
-    ib = np.empty(H, np.int32)
+    ib = np.empty(2 * H, np.int32)   # exp scratch: twice the row
     for t in range(T - 1, -1, -1):
         ca = cache[t]
         g4 = dG[t]
