@@ -118,6 +118,9 @@ def build_parser():
                             + _dflt("truncation") + ")")
         g.add_argument("--lr", type=_positive_float, default=None,
                        help="initial learning rate (" + _dflt("lr") + ")")
+        g.add_argument("--clip", type=_positive_float, default=None,
+                       help="clip each step's gradient to this global L2 norm (default: no "
+                            "clipping, the tutorial's fused step); fixed when resuming")
         g.add_argument("--epochs", type=_positive_int(0), default=None,
                        help="epochs (" + _dflt("epochs") + "; when resuming, the "
                             "checkpoint's)")
@@ -276,6 +279,9 @@ def cmd_train(args):
     t_start = time.perf_counter()
 
     resume = args.resume
+    if resume is not None and args.clip is not None:
+        raise _UserError("--clip cannot be changed when resuming: the run continues with "
+                         "its checkpoint's setting")
     if resume is not None:
         loaded = io.load_model(resume)      # clear errors for missing/corrupt files
         cfg = loaded.config
@@ -350,12 +356,13 @@ def cmd_train(args):
                           truncation=None if args.truncation == "model" else args.truncation,
                           shuffle=not args.no_shuffle, seed=args.seed, checkpoint_path=ckpt,
                           checkpoint_every=args.checkpoint_every, vocab=vocab, config=config,
-                          progress=progress, callback=on_eval)
+                          progress=progress, callback=on_eval, clip=args.clip)
     print(f"Corpus: {corpus.source}: {len(corpus)} sentences, {corpus.n_tokens} tokens, "
           f"vocabulary {len(vocab)}; train {len(train_c)} / validation "
           f"{len(valid_c) if valid_c is not None else 0} sentences")
     print(f"Model: {type(model).__name__} H={model.hidden_dim} V={len(vocab)}, backend {be}, "
-          f"mode {trainer.mode}, {trainer.nepoch} epochs, lr {trainer.learning_rate:g}")
+          f"mode {trainer.mode}, {trainer.nepoch} epochs, lr {trainer.learning_rate:g}"
+          + (f", gradient clipped to norm {trainer.clip:g}" if trainer.clip else ""))
     sys.stdout.flush()
     try:
         history = trainer.train()

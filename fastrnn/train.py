@@ -222,13 +222,19 @@ class Trainer:
         ``callback(model, num_examples_seen, loss)`` after each evaluation, as the tutorial's.
     eval_train : bool
         Also evaluate on the whole training set (costs a forward pass over it).
+    clip : float, optional
+        Clip the global L2 norm of the step's gradient ``(dU, dV, dW)`` to this value
+        before the update (:func:`fastrnn.optim.clip_grad_norm`).  None (the default, and
+        the tutorial's) uses the fused step, whose update is folded into the products; with
+        clipping the step forms dense gradients first, so it is slower (about 1.5-2x at the
+        tutorial's size).  A step whose gradient is not finite updates nothing.
     """
 
     def __init__(self, model, X_train, y_train, X_valid=None, y_valid=None, *,
                  learning_rate=0.005, nepoch=10, evaluate_loss_after=1, mode="sentence",
                  bptt=35, truncation=None, shuffle=True, seed=0, checkpoint_path=None,
                  checkpoint_every=1000, vocab=None, config=None, progress=None, verbose=True,
-                 callback=None, eval_train=True, log_file=None):
+                 callback=None, eval_train=True, log_file=None, clip=None):
         self.model = model
         U, V, W = model_parameters(model)
         F.check_params(U, V, W)
@@ -249,6 +255,7 @@ class Trainer:
             self.bptt_truncate = int(getattr(model, "bptt_truncate", 0))
         _validate.truncation(self.truncation, self.bptt_truncate)
         self.learning_rate = _validate.finite_scalar(learning_rate, "learning_rate", positive=True)
+        self.clip = None if clip is None else _validate.finite_scalar(clip, "clip", positive=True)
         self.nepoch = _validate.positive_int(nepoch, "nepoch", minimum=0)
         self.evaluate_loss_after = _validate.positive_int(evaluate_loss_after,
                                                           "evaluate_loss_after")
@@ -310,7 +317,7 @@ class Trainer:
             "bptt_truncate": self.bptt_truncate, "learning_rate": self.learning_rate,
             "nepoch": self.nepoch, "evaluate_loss_after": self.evaluate_loss_after,
             "shuffle": self.shuffle, "seed": self.seed, "checkpoint_every": self.checkpoint_every,
-            "eval_train": self.eval_train,
+            "eval_train": self.eval_train, "clip": self.clip,
             "rng_state": self.rng.bit_generator.state,
             "epoch": self.epoch, "position": self.position, "phase": self.phase,
             "steps": self.steps, "examples_seen": self.examples_seen,
@@ -385,7 +392,7 @@ class Trainer:
                       bptt=st["bptt"], truncation=st["truncation"], shuffle=st["shuffle"],
                       seed=st["seed"], checkpoint_every=st["checkpoint_every"],
                       eval_train=st["eval_train"], checkpoint_path=path, vocab=vocab,
-                      config=config)
+                      config=config, clip=st.get("clip"))
             kw.update(overrides)
             model.bptt_truncate = st["bptt_truncate"]
             tr = cls(model, X_train, y_train, X_valid, y_valid, **kw)
@@ -593,13 +600,39 @@ class Trainer:
             start = i * self.bptt
             x = self.stream[start:min(start + self.bptt, n - 1)]
             y = self.stream[start + 1:start + 1 + len(x)]
-            L, self.h = F.sgd_step(U, V, W, x, y, self.learning_rate, "full", 0, h0=self.h,
-                                   backend=be, ws=self._ws, return_state=True)
+            trunc, k, h0 = "full", 0, self.h
         else:
             x, y = self.pairs[self.order[i]]
-            L = F.sgd_step(U, V, W, x, y, self.learning_rate, self.truncation,
-                           self.bptt_truncate, backend=be, ws=self._ws)
+            trunc, k, h0 = self.truncation, self.bptt_truncate, None
+        stream = self.mode == "stream"
+        if self.clip is None:
+            out = F.sgd_step(U, V, W, x, y, self.learning_rate, trunc, k, h0=h0, backend=be,
+                             ws=self._ws, return_state=stream)
+        else:
+            out = self._clipped_step(U, V, W, x, y, trunc, k, h0, be, stream)
+        if stream:
+            L, self.h = out
+        else:
+            L = out
         return L, len(y)
+
+    def _clipped_step(self, U, V, W, x, y, trunc, k, h0, be, stream):
+        """Gradient, global-norm clipping, then ``p -= lr * g``; nothing is updated when the
+        gradient is not finite (the caller then stops on the loss)."""
+        from .optim import clip_grad_norm
+        res = F.grad(U, V, W, x, y, trunc, k, h0=h0, backend=be, ws=self._ws,
+                     return_state=stream)
+        L, grads = res[0], {"U": res[1], "V": res[2], "W": res[3]}
+        norm = clip_grad_norm(grads, self.clip, error_if_nonfinite=False)
+        if math.isfinite(norm) and math.isfinite(L):
+            lr = U.dtype.type(self.learning_rate)
+            for p, name in ((U, "U"), (V, "V"), (W, "W")):
+                g = grads[name]
+                g *= lr
+                p -= g
+        elif math.isfinite(L):
+            L = float("nan")                  # a non-finite gradient stops the run too
+        return (L, res[4]) if stream else L
 
     def _new_epoch(self):
         if self.mode == "sentence":

@@ -181,3 +181,21 @@ def test_resume_with_a_corrupt_training_state_is_one_line(tmp_path):
     io.write_npz(str(tmp_path / "bad.npz"), arrays, meta)
     assert_user_error(run(["train", "--resume", "bad.npz", "--samples", "0"], tmp_path),
                       "bad.npz", "phase")
+
+
+def test_train_with_clip_and_resume_keeps_it(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT * 3)
+    out = tmp_path / "run"
+    r = run(["train", "t.txt", "--epochs", "2", "--hidden", "8", "--vocab-size", "30",
+             "--out", str(out), "--lr", "0.05", "--samples", "0", "--clip", "0.5",
+             "--backend", "numpy"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "gradient clipped to norm 0.5" in r.stdout
+    ck = str(out / "checkpoint.npz")
+    r = run(["train", "--resume", ck, "--epochs", "3", "--samples", "0"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "gradient clipped to norm 0.5" in r.stdout
+    r = run(["train", "--resume", ck, "--clip", "1.0"], tmp_path)
+    assert_user_error(r, "--clip cannot be changed when resuming")
+    r = run(["train", "t.txt", "--clip", "0"], tmp_path)
+    assert r.returncode == 2 and "--clip" in r.stderr and "Traceback" not in r.stderr

@@ -567,3 +567,91 @@ def test_checkpoint_path_without_suffix_is_normalised(tmp_path, monkeypatch):
     with pytest.raises(TrainingDivergedError, match=r"kept at .*other\.npz"):
         tr.save_checkpoint(str(tmp_path / "other"))
     assert Trainer.resume(ck + ".npz", X, Y, verbose=False, progress=False).steps == 20
+
+
+# ----------------------------------------------------------------------------- clipping
+
+def _step_delta(mode, clip, lr=0.3, cls=RNNNumpy, truncation=None):
+    """Parameters before and after one trainer step (first sentence/chunk, no shuffle)."""
+    X, Y = _corpus()
+    m = _model(cls=cls)
+    before = _params(m)
+    tr = Trainer(m, X, Y, learning_rate=lr, nepoch=1, mode=mode, bptt=7, shuffle=False,
+                 verbose=False, progress=False, eval_train=False, clip=clip,
+                 truncation=truncation)
+    tr.train(max_steps=1)
+    return m, before, _params(m), X, Y
+
+
+@pytest.mark.parametrize("mode", ["sentence", "stream"])
+@pytest.mark.parametrize("cls", [RNNNumpy, RNNTheano])
+def test_clip_above_the_norm_is_the_plain_step(mode, cls):
+    """A clip the gradient never reaches gives the unclipped SGD step (to rounding: the fused
+    step folds the update into its products)."""
+    _, b0, plain, _, _ = _step_delta(mode, None, cls=cls)
+    _, c0, clipped, _, _ = _step_delta(mode, 1e9, cls=cls)
+    for p0, q0, p, q in zip(b0, c0, plain, clipped):
+        np.testing.assert_array_equal(p0, q0)
+        np.testing.assert_allclose(q - q0, p - p0, rtol=1e-9, atol=1e-14)
+        assert np.any(p != p0)
+
+
+@pytest.mark.parametrize("mode,trunc", [("sentence", "window"), ("sentence", "full"),
+                                        ("stream", None)])
+def test_clip_bounds_the_step(mode, trunc):
+    """With a clip well below the gradient's norm, the update is lr * clip long (global
+    norm over U, V, W) and points along the gradient."""
+    lr, clip = 0.3, 1e-3
+    m, before, after, X, Y = _step_delta(mode, clip, lr=lr, truncation=trunc)
+    step = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+    assert step == pytest.approx(lr * clip, rel=1e-3)     # coef = clip / (norm + 1e-6)
+    if mode == "sentence":
+        U, V, W = before
+        x, y = X[0], Y[0]
+        _, dU, dV, dW = F.grad(U, V, W, x, y, trunc, 4, backend="numpy")
+        g = np.concatenate([dU.ravel(), dV.ravel(), dW.ravel()])
+        d = np.concatenate([(b - a).ravel() for a, b in zip(after, before)])
+        cos = g @ d / (np.linalg.norm(g) * np.linalg.norm(d))
+        assert cos == pytest.approx(1.0, abs=1e-9)
+        assert np.linalg.norm(g) > 100 * clip            # the clip was active
+
+
+def test_clip_is_validated_and_checkpointed(tmp_path):
+    X, Y = _corpus()
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="clip"):
+            Trainer(_model(), X, Y, clip=bad, verbose=False, progress=False)
+    ck = str(tmp_path / "ck.npz")
+    kw = dict(learning_rate=0.2, nepoch=2, seed=3, verbose=False, progress=False,
+              checkpoint_every=0, clip=0.05)
+    full = _model()
+    Trainer(full, X, Y, **kw).train()
+    part = _model()
+    t1 = Trainer(part, X, Y, checkpoint_path=ck, **kw)
+    t1.train(max_steps=25)
+    t1.save_checkpoint()
+    t2 = Trainer.resume(ck, X, Y, verbose=False, progress=False)
+    assert t2.clip == 0.05
+    t2.train()
+    for p, q in zip(_params(full), _params(t2.model)):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_clipped_step_with_a_nonfinite_gradient_updates_nothing(monkeypatch):
+    X, Y = _corpus()
+    m = _model()
+    before = _params(m)
+    tr = Trainer(m, X, Y, learning_rate=0.1, nepoch=1, shuffle=False, verbose=False,
+                 progress=False, eval_train=False, clip=1.0)
+    real = F.grad
+
+    def poisoned(*a, **k):
+        out = list(real(*a, **k))
+        out[2][0, 0] = np.nan                             # dV
+        return tuple(out)
+
+    monkeypatch.setattr(F, "grad", poisoned)
+    with pytest.raises(TrainingDivergedError):
+        tr.train(max_steps=1)
+    for p, q in zip(before, _params(m)):
+        np.testing.assert_array_equal(p, q)
