@@ -158,3 +158,39 @@ def test_forced_scipy_blas_matches_the_reference(tmp_path):
             else:
                 os.environ[k] = v
     assert "numba" in out
+
+
+SWITCH = r"""
+import numpy as np
+from fastrnn._kernels._blas_lib import library
+from fastrnn._kernels.blas import gemm
+a = np.arange(6.0).reshape(2, 3)
+c = np.zeros((2, 2))
+gemm(False, True, 1.0, a, a, 0.0, c)
+assert np.array_equal(c, a @ a.T), c
+print(library().name)
+"""
+
+
+def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path):
+    """Kernels cached for one library's integer width are cleared, not loaded, when the
+    next process uses the other library with the same ``NUMBA_CACHE_DIR`` (loading them
+    aborted the process: "LLVM ERROR: Symbol not found")."""
+    try:
+        _blas_lib._from_numpy()
+    except _blas_lib.BlasNotFound as exc:
+        pytest.skip(f"only SciPy's BLAS is usable here: {exc}")
+    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
+    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path)
+    try:
+        for choice in ("numpy", "scipy", "numpy"):
+            os.environ["FASTRNN_BLAS"] = choice
+            assert run_isolated(SWITCH).strip() == choice
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    stamps = list(tmp_path.glob("*/fastrnn-kernels.stamp"))
+    assert len(stamps) == 1, stamps        # the stamp lives where Numba puts the kernels

@@ -20,9 +20,18 @@ import os
 
 
 def _cache_dir():
+    """Where Numba caches this package's kernels: ``__pycache__`` beside the sources, or
+    with ``NUMBA_CACHE_DIR`` the directory Numba derives for them below it (None if this
+    Numba does not say how)."""
     from numba.core.config import CACHE_DIR
-    if CACHE_DIR:  # NUMBA_CACHE_DIR mirrors the source tree below it
-        return None
+    if CACHE_DIR:
+        try:
+            from numba.core.caching import _CacheLocator
+            sub = _CacheLocator.get_suitable_cache_subpath(os.path.join(
+                os.path.dirname(os.path.abspath(__file__)), "blas.py"))
+        except (ImportError, AttributeError):
+            return None
+        return os.path.join(CACHE_DIR, sub)
     return os.path.join(os.path.dirname(__file__), "__pycache__")
 
 
