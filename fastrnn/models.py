@@ -729,6 +729,12 @@ class _LanguageModel:
             if shared:
                 raise ValueError(f"grads[{shared[0]!r}] shares memory with the model's "
                                  "parameters; pass separate arrays")
+            items = list(grads.items())
+            for i, (n1, a1) in enumerate(items):
+                for n2, a2 in items[i + 1:]:
+                    if np.may_share_memory(a1, a2):
+                        raise ValueError(f"grads[{n1!r}] and grads[{n2!r}] share memory; each "
+                                         "gradient needs its own array")
         L, xa, m, layers, caches, top, dZ = self._loss(x, y, mask, hidden)
         T, B = xa.shape
         p = self._params

@@ -194,3 +194,35 @@ def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path):
                 os.environ[k] = v
     stamps = list(tmp_path.glob("*/fastrnn-kernels.stamp"))
     assert len(stamps) == 1, stamps        # the stamp lives where Numba puts the kernels
+
+
+def test_kernel_cached_for_the_other_width_still_links(tmp_path):
+    """The stamp cannot exclude every stale kernel (two processes with different
+    FASTRNN_BLAS filling one cache at once; a read-only install).  Simulated here: kernels
+    compiled with NumPy's 64-bit BLAS are put back into a cache that a SciPy-BLAS process
+    has stamped.  Loading them must work (they call NumPy's library), not abort."""
+    import shutil
+    try:
+        _blas_lib._from_numpy()
+    except _blas_lib.BlasNotFound as exc:
+        pytest.skip(f"only SciPy's BLAS is usable here: {exc}")
+    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
+    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    try:
+        os.environ["FASTRNN_BLAS"] = "numpy"
+        run_isolated(SWITCH)
+        (sub,) = (tmp_path / "cache").iterdir()
+        saved = tmp_path / "saved"
+        shutil.copytree(sub, saved)
+        os.environ["FASTRNN_BLAS"] = "scipy"
+        run_isolated(SWITCH)                       # clears them and stamps for scipy
+        for f in saved.iterdir():                  # the race: 64-bit kernels come back
+            if f.suffix in (".nbi", ".nbc"):
+                shutil.copy(f, sub / f.name)
+        assert run_isolated(SWITCH).strip() == "scipy"
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

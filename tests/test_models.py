@@ -485,6 +485,14 @@ def test_grads_passed_back_are_checked():
         m.loss_and_grad(x, y, grads=dict(g, weight_hh_l0=ro))
     with pytest.raises(ValueError, match=r"shares memory with the model's parameters"):
         m.loss_and_grad(x, y, grads=m.parameters())
+    same = g["bias_ih_l0"]                      # the two biases have the same shape
+    with pytest.raises(ValueError, match=r"grads\['bias_ih_l0'\] and grads\['bias_hh_l0'\] "
+                                         r"share memory"):
+        m.loss_and_grad(x, y, grads=dict(g, bias_hh_l0=same))
+    big = np.zeros(2 * g["bias_ih_l0"].size, np.float32)   # overlapping views
+    halves = dict(g, bias_ih_l0=big[:16], bias_hh_l0=big[8:24])
+    with pytest.raises(ValueError, match="share memory"):
+        m.loss_and_grad(x, y, grads=halves)
     before = {n: a.copy() for n, a in g.items()}
     with pytest.raises(ValueError, match="out of range"):
         m.loss_and_grad(np.full((3, 2), 11), y, grads=g)

@@ -12,7 +12,10 @@ machine code.  So before any Numba kernel module is imported (each imports
 :mod:`._numba_init` first), the cache of this package is
 stamped with a hash of every kernel source file, of the Numba version and of the BLAS
 library the kernels link to (:mod:`._blas_lib`: its integer width is compiled in), and
-cleared when the stamp differs.  ``tests/test_cache.py`` checks this.
+cleared when the stamp differs.  ``tests/test_cache.py`` checks this.  The stamp cannot
+exclude a kernel written by a concurrent process with the other BLAS choice, or one in
+Numba's per-user fallback cache of a read-only install; such a kernel still links to a
+library of its own integer width (:func:`fastrnn._kernels.blas._register_other_width`).
 """
 import glob
 import hashlib

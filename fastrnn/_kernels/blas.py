@@ -15,8 +15,8 @@ float64 (``dgemm``); the dtype branch is resolved per compile.
 
 The integer arguments are 64-bit for NumPy's ILP64 OpenBLAS and 32-bit for SciPy's.  The
 width is a compile-time constant here, and the external symbols are named by it
-(``fastrnn_sgemm_i64`` ...): a cached kernel compiled for the other library would fail to
-link instead of passing wrong-sized integers (the cache stamp also clears it first).
+(``fastrnn_sgemm_i64`` ...), each bound to a library of that width: a cached kernel compiled
+for the other choice can never pass wrong-sized integers (see ``_register_other_width``).
 """
 from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import llvmlite.binding as _llvm
@@ -33,8 +33,38 @@ from ._blas_lib import library
 LIBRARY = library()
 _WIDTH = "i64" if LIBRARY.ilp64 else "i32"
 _INT = np.int64 if LIBRARY.ilp64 else np.int32
-for _name in ("dgemm", "sgemm"):
-    _llvm.add_symbol(f"fastrnn_{_name}_{_WIDTH}", LIBRARY.addr[_name])
+
+
+def _register(lib):
+    width = "i64" if lib.ilp64 else "i32"
+    for name in ("dgemm", "sgemm"):
+        _llvm.add_symbol(f"fastrnn_{name}_{width}", lib.addr[name])
+
+
+def _register_other_width():
+    """Bind the other integer width's symbols too, to the other library, when it exists.
+
+    The cache stamp keeps kernels compiled for the other width out of the cache in the
+    normal case, but not when two processes with different ``FASTRNN_BLAS`` fill one cache
+    at the same time, nor when the stamp cannot be written (a read-only install, where
+    Numba falls back to a per-user cache).  A kernel compiled for the other width then
+    still links to a library of its own width -- a correct result on the other library,
+    instead of "LLVM ERROR: Symbol not found" and an abort.  (SciPy's BLAS module is
+    imported by Numba's own start-up anyway.)
+    """
+    from ._blas_lib import BlasNotFound, _from_numpy, _from_scipy
+    try:
+        other = _from_scipy() if LIBRARY.ilp64 else _from_numpy()
+    except BlasNotFound:
+        return None
+    if other.ilp64 == LIBRARY.ilp64:
+        return None
+    _register(other)
+    return other
+
+
+_register(LIBRARY)
+OTHER_WIDTH = _register_other_width()
 _GEMM_SIG = types.void(*([types.voidptr] * 13))
 _dgemm = types.ExternalFunction(f"fastrnn_dgemm_{_WIDTH}", _GEMM_SIG)
 _sgemm = types.ExternalFunction(f"fastrnn_sgemm_{_WIDTH}", _GEMM_SIG)

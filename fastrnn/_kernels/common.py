@@ -117,7 +117,10 @@ def exp_f32(x, out, ib):
     same values are computed one element at a time with ``math.ldexp``, without scratch.
 
     Inputs are clamped to ``[-87.3, 88.7]``: below, the result is 1.2e-38 instead of a
-    denormal or 0; above, ``inf`` (as ``expf``).
+    denormal or 0; from about 88.38 up (where ``k`` reaches 128, the exponent field's
+    all-ones value) the result is ``inf``, although float32 ``exp`` is finite up to 88.72.
+    The callers (sigmoid of ``-x``, tanh via ``exp(2x)``) reach their limits 0 and 1
+    exactly either way.
     """
     n = x.shape[0]
     if ib.shape[0] < 2 * n:
