@@ -5,7 +5,6 @@ OpenBLAS when it is recognisable, SciPy's ``cython_blas`` otherwise.  These test
 choice logic, the strided ``gemm`` wrapper the Numba kernels use, and that the forced SciPy
 path (32-bit integers) computes the same model as the default one.
 """
-import os
 
 import numpy as np
 import pytest
@@ -141,22 +140,14 @@ print(sorted(out))
 """
 
 
-def test_forced_scipy_blas_matches_the_reference(tmp_path):
+def test_forced_scipy_blas_matches_the_reference(tmp_path, monkeypatch):
     """FASTRNN_BLAS=scipy (32-bit integers) gives the reference's loss and gradients.
 
     Run in a fresh interpreter with its own Numba cache: the choice is compiled in.
     """
-    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
-    os.environ["FASTRNN_BLAS"] = "scipy"
-    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path)
-    try:
-        out = run_isolated(FORCED_SCIPY)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("FASTRNN_BLAS", "scipy")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    out = run_isolated(FORCED_SCIPY)
     assert "numba" in out
 
 
@@ -172,7 +163,7 @@ print(library().name)
 """
 
 
-def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path):
+def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path, monkeypatch):
     """Kernels cached for one library's integer width are cleared, not loaded, when the
     next process uses the other library with the same ``NUMBA_CACHE_DIR`` (loading them
     aborted the process: "LLVM ERROR: Symbol not found")."""
@@ -180,23 +171,15 @@ def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path):
         _blas_lib._from_numpy()
     except _blas_lib.BlasNotFound as exc:
         pytest.skip(f"only SciPy's BLAS is usable here: {exc}")
-    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
-    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path)
-    try:
-        for choice in ("numpy", "scipy", "numpy"):
-            os.environ["FASTRNN_BLAS"] = choice
-            assert run_isolated(SWITCH).strip() == choice
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    for choice in ("numpy", "scipy", "numpy"):
+        monkeypatch.setenv("FASTRNN_BLAS", choice)
+        assert run_isolated(SWITCH).strip() == choice
     stamps = list(tmp_path.glob("*/fastrnn-kernels.stamp"))
     assert len(stamps) == 1, stamps        # the stamp lives where Numba puts the kernels
 
 
-def test_kernel_cached_for_the_other_width_still_links(tmp_path):
+def test_kernel_cached_for_the_other_width_still_links(tmp_path, monkeypatch):
     """The stamp cannot exclude every stale kernel (two processes with different
     FASTRNN_BLAS filling one cache at once; a read-only install).  Simulated here: kernels
     compiled with NumPy's 64-bit BLAS are put back into a cache that a SciPy-BLAS process
@@ -206,23 +189,15 @@ def test_kernel_cached_for_the_other_width_still_links(tmp_path):
         _blas_lib._from_numpy()
     except _blas_lib.BlasNotFound as exc:
         pytest.skip(f"only SciPy's BLAS is usable here: {exc}")
-    old = {k: os.environ.get(k) for k in ("FASTRNN_BLAS", "NUMBA_CACHE_DIR")}
-    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
-    try:
-        os.environ["FASTRNN_BLAS"] = "numpy"
-        run_isolated(SWITCH)
-        (sub,) = (tmp_path / "cache").iterdir()
-        saved = tmp_path / "saved"
-        shutil.copytree(sub, saved)
-        os.environ["FASTRNN_BLAS"] = "scipy"
-        run_isolated(SWITCH)                       # clears them and stamps for scipy
-        for f in saved.iterdir():                  # the race: 64-bit kernels come back
-            if f.suffix in (".nbi", ".nbc"):
-                shutil.copy(f, sub / f.name)
-        assert run_isolated(SWITCH).strip() == "scipy"
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTRNN_BLAS", "numpy")
+    run_isolated(SWITCH)
+    (sub,) = (tmp_path / "cache").iterdir()
+    saved = tmp_path / "saved"
+    shutil.copytree(sub, saved)
+    monkeypatch.setenv("FASTRNN_BLAS", "scipy")
+    run_isolated(SWITCH)                           # clears them and stamps for scipy
+    for f in saved.iterdir():                      # the race: 64-bit kernels come back
+        if f.suffix in (".nbi", ".nbc"):
+            shutil.copy(f, sub / f.name)
+    assert run_isolated(SWITCH).strip() == "scipy"

@@ -103,6 +103,22 @@ def gate_grad(y, hard):
 _F = np.float32
 
 
+@njit(inline="always", **NUMBA_OPTIONS)
+def _exp_parts_f32(x):
+    """``exp(x) = p * 2**k`` for a float32 ``x``: returns ``(p, k)``, ``k`` a float32
+    integer; ``x`` clamped to ``[-87.3, 88.7]`` (see :func:`exp_f32`)."""
+    v = min(max(x, _F(-87.3)), _F(88.7))
+    k = np.floor(v * _F(1.44269504) + _F(0.5))
+    r = v - k * _F(0.693359375) - k * _F(-2.12194440e-4)
+    p = _F(1.9875691500e-4)
+    p = p * r + _F(1.3981999507e-3)
+    p = p * r + _F(8.3334519073e-3)
+    p = p * r + _F(4.1665795894e-2)
+    p = p * r + _F(1.6666665459e-1)
+    p = p * r + _F(5.0000001201e-1)
+    return p * r * r + r + _F(1.0), k
+
+
 @njit(**NUMBA_OPTIONS)
 def exp_f32(x, out, ib):
     """``out[:n] = exp(x[:n])`` for float32 vectors (``out`` may be ``x``).
@@ -125,29 +141,13 @@ def exp_f32(x, out, ib):
     n = x.shape[0]
     if ib.shape[0] < 2 * n:
         for i in range(n):
-            v = min(max(x[i], _F(-87.3)), _F(88.7))
-            k = np.floor(v * _F(1.44269504) + _F(0.5))
-            r = v - k * _F(0.693359375) - k * _F(-2.12194440e-4)
-            p = _F(1.9875691500e-4)
-            p = p * r + _F(1.3981999507e-3)
-            p = p * r + _F(8.3334519073e-3)
-            p = p * r + _F(4.1665795894e-2)
-            p = p * r + _F(1.6666665459e-1)
-            p = p * r + _F(5.0000001201e-1)
-            out[i] = _F(p * r * r + r + _F(1.0)) * _F(math.ldexp(1.0, int(k)))
+            p, k = _exp_parts_f32(x[i])
+            out[i] = p * _F(math.ldexp(1.0, int(k)))
         return
     pb = ib[n:2 * n].view(np.float32)
     for i in range(n):
-        v = min(max(x[i], _F(-87.3)), _F(88.7))
-        k = np.floor(v * _F(1.44269504) + _F(0.5))
-        r = v - k * _F(0.693359375) - k * _F(-2.12194440e-4)
-        p = _F(1.9875691500e-4)
-        p = p * r + _F(1.3981999507e-3)
-        p = p * r + _F(8.3334519073e-3)
-        p = p * r + _F(4.1665795894e-2)
-        p = p * r + _F(1.6666665459e-1)
-        p = p * r + _F(5.0000001201e-1)
-        pb[i] = p * r * r + r + _F(1.0)
+        p, k = _exp_parts_f32(x[i])
+        pb[i] = p
         ib[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
     scale = ib[:n].view(np.float32)
     for i in range(n):
