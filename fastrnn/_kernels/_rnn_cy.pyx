@@ -164,53 +164,35 @@ cdef extern from *:
 
 cdef inline void _gemv(char ta, int m, int n, floating alpha, floating *a, int lda,
                        floating *x, floating beta, floating *y) noexcept nogil:
+    cdef Py_ssize_t v[4]
     cdef int i32[4]
     cdef long long i64[4]
-    cdef char *p
     cdef size_t w
-    if _ilp64:
-        i64[0] = m; i64[1] = n; i64[2] = lda; i64[3] = 1
-        p = <char *>i64
-        w = sizeof(long long)
-    else:
-        i32[0] = m; i32[1] = n; i32[2] = lda; i32[3] = 1
-        p = <char *>i32
-        w = sizeof(int)
+    v[0] = m; v[1] = n; v[2] = lda; v[3] = 1          # the last one: both increments
+    cdef char *p = _blas_ints(v, 4, i64, i32, &w)
     cdef _blas11 f = _p_dgemv if floating is double else _p_sgemv
     f(&ta, p, p + w, &alpha, a, p + 2 * w, x, p + 3 * w, &beta, y, p + 3 * w)
 
 
 cdef inline void _ger(int m, int n, floating alpha, floating *x, floating *y,
                       floating *a, int lda) noexcept nogil:
+    cdef Py_ssize_t v[4]
     cdef int i32[4]
     cdef long long i64[4]
-    cdef char *p
     cdef size_t w
-    if _ilp64:
-        i64[0] = m; i64[1] = n; i64[2] = lda; i64[3] = 1
-        p = <char *>i64
-        w = sizeof(long long)
-    else:
-        i32[0] = m; i32[1] = n; i32[2] = lda; i32[3] = 1
-        p = <char *>i32
-        w = sizeof(int)
+    v[0] = m; v[1] = n; v[2] = lda; v[3] = 1          # the last one: both increments
+    cdef char *p = _blas_ints(v, 4, i64, i32, &w)
     cdef _blas9 f = _p_dger if floating is double else _p_sger
     f(p, p + w, &alpha, x, p + 3 * w, y, p + 3 * w, a, p + 2 * w)
 
 
 cdef inline void _axpy(int n, floating alpha, floating *x, floating *y) noexcept nogil:
+    cdef Py_ssize_t v[2]
     cdef int i32[2]
     cdef long long i64[2]
-    cdef char *p
     cdef size_t w
-    if _ilp64:
-        i64[0] = n; i64[1] = 1
-        p = <char *>i64
-        w = sizeof(long long)
-    else:
-        i32[0] = n; i32[1] = 1
-        p = <char *>i32
-        w = sizeof(int)
+    v[0] = n; v[1] = 1                                 # the increment of both vectors
+    cdef char *p = _blas_ints(v, 2, i64, i32, &w)
     cdef _blas6 f = _p_daxpy if floating is double else _p_saxpy
     f(p, &alpha, x, p + w, y, p + w)
 

@@ -88,28 +88,38 @@ def _bind_blas():
 BLAS = _bind_blas()
 
 
+cdef inline char *_blas_ints(const Py_ssize_t *v, int n, long long *i64, int *i32,
+                             size_t *width) noexcept nogil:
+    """The ``n`` integer arguments ``v`` in the library's width: written to ``i64`` (ILP64)
+    or ``i32``; returns that buffer, its element size in ``width``.  Callers keep every
+    value below 2^31."""
+    cdef int j
+    if _ilp64:
+        for j in range(n):
+            i64[j] = v[j]
+        width[0] = sizeof(long long)
+        return <char *>i64
+    for j in range(n):
+        i32[j] = <int>v[j]
+    width[0] = sizeof(int)
+    return <char *>i32
+
+
 cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        floating alpha, const floating *a, Py_ssize_t lda,
                        const floating *b, Py_ssize_t ldb, floating beta,
                        floating *c, Py_ssize_t ldc) noexcept nogil:
     """Fused dispatch to ``dgemm`` / ``sgemm``, arguments by value (BLAS wants pointers).
 
-    Sizes are ``Py_ssize_t`` for the callers' convenience; passed as 64-bit integers to an
-    ILP64 library, else as ``int`` (callers keep them below 2^31); ``a`` and ``b`` are only
-    read.
+    Sizes are ``Py_ssize_t`` for the callers' convenience (see :func:`_blas_ints`); ``a``
+    and ``b`` are only read.
     """
+    cdef Py_ssize_t v[6]
     cdef int i32[6]
     cdef long long i64[6]
-    cdef void *ip
-    if _ilp64:
-        i64[0] = m; i64[1] = n; i64[2] = k; i64[3] = lda; i64[4] = ldb; i64[5] = ldc
-        ip = <void *>i64
-    else:
-        i32[0] = <int>m; i32[1] = <int>n; i32[2] = <int>k
-        i32[3] = <int>lda; i32[4] = <int>ldb; i32[5] = <int>ldc
-        ip = <void *>i32
-    cdef size_t w = sizeof(long long) if _ilp64 else sizeof(int)
-    cdef char *p = <char *>ip
+    cdef size_t w
+    v[0] = m; v[1] = n; v[2] = k; v[3] = lda; v[4] = ldb; v[5] = ldc
+    cdef char *p = _blas_ints(v, 6, i64, i32, &w)
     cdef _blas13 f = _p_dgemm if floating is double else _p_sgemm
     f(&ta, &tb, p, p + w, p + 2 * w, &alpha, <void *>a, p + 3 * w, <void *>b, p + 4 * w,
       &beta, c, p + 5 * w)
