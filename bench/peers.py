@@ -1,8 +1,9 @@
 """Peers: the tutorial RNN LM written in PyTorch, JAX and PyTensor (Theano's successor).
 
 Each builder takes a problem from :func:`cases.make_problem` and returns
-``(step, loss)``: ``step()`` runs one full-BPTT SGD step (with ``lr = 0`` so the weights
-stay fixed and every round times the same work) and ``loss()`` returns the sentence's total
+``(step, loss)``: ``step()`` runs one full-BPTT SGD step (at ``cases.TIMING_LR``: nonzero,
+so no product is skipped, and too small to change the weights, so every round times the
+same work) and ``loss()`` returns the sentence's total
 cross-entropy, which the suite compares with fastrnn's before timing anything.  All run
 on one thread, like the rest of the suite.  A missing peer raises ImportError, and the
 benchmark skips with that reason.
@@ -10,6 +11,8 @@ benchmark skips with that reason.
 import os
 
 import numpy as np
+
+from cases import TIMING_LR
 
 # One intra-op thread for XLA (JAX); must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
@@ -42,7 +45,7 @@ def torch_peer(p):
         gU, gV, gW = torch.autograd.grad(loss, (U, V, W))
         with torch.no_grad():
             for P, G in ((U, gU), (V, gV), (W, gW)):
-                P.sub_(G, alpha=0.0)
+                P.sub_(G, alpha=TIMING_LR)
         return loss
 
     def loss():
@@ -81,12 +84,12 @@ def jax_peer(p):
         return tuple(P - lr * G for P, G in zip(params, g)), L
 
     loss_jit = jax.jit(loss_fn)
-    lr = jnp.asarray(0.0, params[0].dtype)
+    lr = jnp.asarray(TIMING_LR, params[0].dtype)
 
     def step():
         new, L = sgd(params, x, y, lr)
         L.block_until_ready()
-        return new
+        return new                          # JAX arrays are immutable: ``params`` stay
 
     return step, lambda: float(loss_jit(params, x, y))
 
@@ -123,8 +126,8 @@ def pytensor_peer(p):
     ce = pytensor.function([x, y], cost)
     xi = p["x"].astype(np.int32)
     yi = p["y"].astype(np.int32)
-    zero = np.asarray(0.0, dtype=floatX)
-    return (lambda: sgd(xi, yi, zero)), (lambda: float(ce(xi, yi)))
+    lr_t = np.asarray(TIMING_LR, dtype=floatX)
+    return (lambda: sgd(xi, yi, lr_t)), (lambda: float(ce(xi, yi)))
 
 
 PEERS = {"torch": torch_peer, "jax": jax_peer, "pytensor": pytensor_peer}

@@ -21,7 +21,8 @@ def _fastrnn_full_step(name, p):
     be = fastrnn.get_backend(name)
     s, z, g = cases._workspace(p)
     dW = np.empty_like(p["W"])
-    return lambda: be.rnn_sgd(p["U"], p["V"], p["W"], p["x"], p["y"], MODE_FULL, 0, 0.0, s, z, g, dW)
+    return lambda: be.rnn_sgd(p["U"], p["V"], p["W"], p["x"], p["y"], MODE_FULL, 0,
+                              cases.TIMING_LR, s, z, g, dW)
 
 
 def _impls():
@@ -50,7 +51,11 @@ def test_peer_sgd_step(benchmark, impl, dtype):
         s, z, g = cases._workspace(p)
         got = fastrnn.get_backend(impl).rnn_loss(p["U"], p["V"], p["W"], p["x"], p["y"], s, z)
         assert abs(got - want) <= rtol * abs(want)
+    before = {k: p[k].copy() for k in ("U", "V", "W")}
     step()                                  # warm-up / JIT
     benchmark.group = f"peers-sgd-T{T}-{dtype}"
     benchmark.extra_info.update(impl=impl, flops=cases.flops("sgd_step", T), tokens=T, dtype=dtype)
     benchmark(step)
+    cases.weights_unchanged(p, before)
+    if impl in peers.PEERS:                 # the peer's own copy of the weights, too
+        assert loss() == got, (impl, loss(), got)
