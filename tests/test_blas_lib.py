@@ -64,6 +64,27 @@ def test_scipy_fallback_resolves():
     _blas_lib._self_test(lib)
 
 
+@pytest.mark.parametrize("which", ["library", "scipy"])
+def test_thread_count_follows_threadpoolctl(which):
+    # softmax_xent splits rows over threads only when this says 1 (tests/test_parallel.py)
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = _blas_lib.library() if which == "library" else _blas_lib._from_scipy()
+    n = lib.num_threads()
+    if n is None:
+        pytest.skip(f"{lib!r} does not report its thread count")
+    assert n >= 1
+    with threadpoolctl.threadpool_limits(1):
+        assert lib.num_threads() == 1
+    assert lib.num_threads() == n
+
+
+def test_thread_count_unknown_without_a_query(tmp_path):
+    assert _blas_lib._thread_query(None) is None
+    assert _blas_lib._thread_query(str(tmp_path / "missing.so")) is None
+    lib = _blas_lib.BlasLibrary("numpy", True, None, {})
+    assert lib.num_threads() is None
+
+
 def test_cache_stamp_depends_on_the_library(monkeypatch):
     """A kernel compiled for 64-bit BLAS integers must not be loaded for a 32-bit library."""
     from fastrnn import _kernels

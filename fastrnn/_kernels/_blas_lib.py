@@ -34,14 +34,42 @@ ROUTINES = ("sgemm", "dgemm", "sgemv", "dgemv", "sger", "dger", "saxpy", "daxpy"
 CHOICES = ("numpy", "scipy")
 
 
+# OpenBLAS's thread-count query, as each build names it (scipy-openblas64, the 32-bit build,
+# a plain OpenBLAS).
+_THREAD_QUERY = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                 "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _thread_query(path):
+    """OpenBLAS's ``get_num_threads`` in the library at ``path`` (or one it links to), or None."""
+    if not path:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for sym in _THREAD_QUERY:
+        fn = getattr(lib, sym, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_int, []
+            return fn
+    return None
+
+
 class BlasLibrary:
     """A resolved BLAS: ``name`` (``"numpy"``/``"scipy"``), ``ilp64`` (64-bit integer
     arguments), ``path`` of the shared library, ``addr`` routine name -> address."""
 
-    __slots__ = ("name", "ilp64", "path", "addr")
+    __slots__ = ("name", "ilp64", "path", "addr", "_threads")
 
     def __init__(self, name, ilp64, path, addr):
         self.name, self.ilp64, self.path, self.addr = name, ilp64, path, addr
+        self._threads = _thread_query(path)
+
+    def num_threads(self):
+        """The library's current thread count (it follows ``threadpoolctl`` and
+        ``OPENBLAS_NUM_THREADS``), or None when the library does not say."""
+        return None if self._threads is None else int(self._threads())
 
     def __repr__(self):
         return f"BlasLibrary(name={self.name!r}, ilp64={self.ilp64}, path={self.path!r})"

@@ -32,6 +32,7 @@ from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
 from .._config import NUMBA_OPTIONS
+from ._blas_lib import library
 from .softmax import exp_shifted, row_max
 
 
@@ -247,6 +248,19 @@ def _ov_tanh_row(src, dst, ib):
 _PARALLEL_MIN = 1 << 18
 
 
+def _blas_single_threaded():
+    """True when the BLAS of the kernels runs on one thread (None -- unknown -- is not).
+
+    A multi-threaded OpenBLAS leaves its workers spinning for a while after every product,
+    and the logits were just made by one.  A Numba parallel region started then fights
+    those workers for the cores: measured on two cores (OpenBLAS and Numba both at two
+    threads), the PTB-small LSTM step took 85-98 ms with the rows split over threads
+    against 78-88 ms with the serial softmax, interleaved in one process.  So the rows
+    are split only when BLAS itself is single-threaded.
+    """
+    return library().num_threads() == 1
+
+
 @njit(**NUMBA_OPTIONS)
 def _xent_row(row, y_n, mask_n, scale, pbuf, nbuf):
     """One row of :func:`softmax_xent`; returns its loss term ``-mask * log p[y]``."""
@@ -325,7 +339,8 @@ def softmax_xent(Z, y, mask, scale):
     """
     # Chosen in Python, not inside a jitted caller: a parallel function called from
     # another jitted function makes the caller uncacheable in Numba.
-    if Z.shape[0] * Z.shape[1] >= _PARALLEL_MIN and get_num_threads() > 1:
+    if Z.shape[0] * Z.shape[1] >= _PARALLEL_MIN and get_num_threads() > 1 \
+            and _blas_single_threaded():
         # the thread count is read here: read inside the parallel function it would be a
         # call Numba cannot cache
         return _softmax_xent_parallel(Z, y, mask, scale, 4 * get_num_threads())
