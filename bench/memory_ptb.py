@@ -1,12 +1,14 @@
 """Peak memory of the PTB-small LSTM training step, against the arrays it must hold.
 
-    python bench/memory_ptb.py [backend]
+    python bench/memory_ptb.py [backend] [--sparse-embedding]
 
 Runs in its own process: measures the resident set after imports (the baseline: Python,
 NumPy, Numba, SciPy), builds the model (2 x 200 LSTM, V=10000, float32), runs 5 SGD steps
 on a batch of 20 x 20 (the gradient arrays passed back in, as a training loop does) and reads the peak resident set (``ru_maxrss``).  "Must hold" is
 the parameters, the gradients, the optimizer state (none for SGD) and the activations the
 backward pass needs (embedded inputs, per-layer states, caches and projections, logits).
+With ``--sparse-embedding`` the step is the PTB benchmark's (``loss_and_grad(...,
+sparse_embedding=True)``), and the embedding's gradient counts as its ``T * B`` rows at most.
 Prints one line of ``key=value`` pairs.
 """
 import resource
@@ -41,7 +43,7 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main(backend="numba"):
+def main(backend="numba", sparse=False):
     import os
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
     import fastrnn
@@ -67,18 +69,21 @@ def main(backend="numba"):
     seq = rng.integers(0, V, (T + 1, B))
     grads = None
     for _ in range(5):
-        _, grads, _ = model.loss_and_grad(seq[:-1], seq[1:], grads=grads)   # reused
+        _, grads, _ = model.loss_and_grad(seq[:-1], seq[1:], grads=grads,   # reused
+                                          sparse_embedding=sparse)
         opt.step(grads)
     peak = peak_mb()
     item = 4
     params = sum(a.nbytes for a in model.parameters().values()) / 2**20
     grads_mb = params
+    if sparse:      # the dense embedding gradient is not held, at most T*B of its rows are
+        grads_mb += (min(T * B, V) - V) * model.embedding_dim * item / 2**20
     # activations: inputs to each layer (T,B,H), states (T+1,B,H), gate caches (T,B,4H)
     # for states c as well (T+1,B,H), projections (T,B,4H), logits/gradient (T*B, V)
     acts = (L * (T * B * H + 2 * (T + 1) * B * H + 2 * T * B * 4 * H) + T * B * V) * item / 2**20
     must = params + grads_mb + acts
     used = peak - base_blas
-    print(f"backend={backend} baseline_rss_mb={base_blas:.1f} blas_buffers_mb={base_blas - base:.1f} "
+    print(f"backend={backend} sparse_embedding={sparse} baseline_rss_mb={base_blas:.1f} blas_buffers_mb={base_blas - base:.1f} "
           f"peak_reset={reset_ok} peak_rss_mb={peak:.1f} "
           f"params_mb={params:.1f} grads_mb={grads_mb:.1f} "
           f"activations_mb={acts:.1f} must_hold_mb={must:.1f} peak_over_baseline_mb={used:.1f} "
@@ -86,4 +91,7 @@ def main(backend="numba"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    sparse = "--sparse-embedding" in args
+    rest = [a for a in args if a != "--sparse-embedding"]
+    main(*rest, sparse=sparse)

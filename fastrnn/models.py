@@ -55,6 +55,7 @@ import numpy as np
 
 from . import _validate
 from .backends import BackendUnavailableError, get_backend
+from .optim import RowSparse
 
 __all__ = ["RNN", "GRU", "LSTM"]
 
@@ -235,6 +236,20 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
 
 
 # ----------------------------------------------------------------------------- validation
+
+def _embedding_rows(xa, dX):
+    """The embedding gradient's nonzero rows: ``(ids, sums)``, ``ids`` the distinct token ids
+    of ``xa`` in increasing order and ``sums[i]`` the sum of the rows of ``dX (T, B, E)`` at
+    the positions of ``ids[i]``, added in the order they occur."""
+    flat = xa.reshape(-1)
+    rows = dX.reshape(flat.size, -1)
+    if flat.size == 0:
+        return flat.astype(np.intp), rows[:0].copy()
+    order = np.argsort(flat, kind="stable")
+    ids = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+    return ids[starts].astype(np.intp, copy=False), np.add.reduceat(rows[order], starts, axis=0)
+
 
 def _check_array(a, name, shape, dtype):
     """``a`` must be a C-contiguous ndarray of exactly ``dtype`` and ``shape`` (no values read).
@@ -695,7 +710,7 @@ class _LanguageModel:
         L, xa, m, layers, caches, top, Z = self._loss(x, y, mask, hidden)
         return L, self._hidden_out(caches)
 
-    def loss_and_grad(self, x, y, mask=None, hidden=None, grads=None):
+    def loss_and_grad(self, x, y, mask=None, hidden=None, grads=None, sparse_embedding=False):
         """Mean NLL and its exact gradient (full BPTT over the ``T`` steps given).
 
         The incoming ``hidden`` is treated as a constant (a stream trainer passes the
@@ -709,27 +724,44 @@ class _LanguageModel:
             :meth:`parameters`, C-contiguous and writeable): the new gradient is written
             into its arrays and the same dict is returned.  Saves allocating (and
             page-faulting) a full set of gradient arrays every step.
+        sparse_embedding : bool, default False
+            Return the embedding's gradient as a :class:`fastrnn.optim.RowSparse`: only the
+            rows of the tokens in ``x`` (at most ``T * B`` of ``vocab_size``), as PyTorch's
+            ``nn.Embedding(sparse=True)``.  :class:`fastrnn.optim.SGD` then updates only
+            those rows; every optimizer and clipping function accepts it.  With ``grads``,
+            its ``"embedding.weight"`` entry is replaced by the new ``RowSparse``.
 
         Returns
         -------
         loss : float
         grads : dict ``name -> ndarray``
-            Same keys, shapes and dtype as :meth:`parameters`.
+            Same keys, shapes and dtype as :meth:`parameters` (``"embedding.weight"`` a
+            ``RowSparse`` with ``sparse_embedding=True``).
         hidden : the final state (new arrays)
         """
+        sparse_embedding = _flag(sparse_embedding, "sparse_embedding")
         want = self._expected_shapes()
         if grads is not None:
-            _validate.param_dict(grads, want, self.dtype, name="grads")
-            bad = [n for n, a in grads.items() if not a.flags.writeable]
+            if sparse_embedding:
+                if not isinstance(grads, dict) or "embedding.weight" not in grads:
+                    raise ValueError("grads must hold an 'embedding.weight' entry (any earlier "
+                                     "gradient; it is replaced)")
+                grads_in = {n: a for n, a in grads.items() if n != "embedding.weight"}
+                _validate.param_dict(grads_in, {n: v for n, v in want.items()
+                                                if n != "embedding.weight"},
+                                     self.dtype, name="grads")
+            else:
+                grads_in = _validate.param_dict(grads, want, self.dtype, name="grads")
+            bad = [n for n, a in grads_in.items() if not a.flags.writeable]
             if bad:
                 raise ValueError(f"grads[{bad[0]!r}] is read-only; grads must be writeable arrays")
             p = self._params
-            shared = [n for n, a in grads.items()
+            shared = [n for n, a in grads_in.items()
                       if any(np.may_share_memory(a, q) for q in p.values())]
             if shared:
                 raise ValueError(f"grads[{shared[0]!r}] shares memory with the model's "
                                  "parameters; pass separate arrays")
-            items = list(grads.items())
+            items = list(grads_in.items())
             for i, (n1, a1) in enumerate(items):
                 for n2, a2 in items[i + 1:]:
                     if np.may_share_memory(a1, a2):
@@ -741,13 +773,17 @@ class _LanguageModel:
         dTop = _mm(self._be, dZ, p["decoder.weight"]).reshape(T, B, self.hidden_size)
         lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop)
         g = grads if grads is not None else {}
-        dEmb = g.get("embedding.weight")
-        if dEmb is None:
-            dEmb = np.zeros_like(p["embedding.weight"])
+        ids, rows = _embedding_rows(xa, dX0)
+        if sparse_embedding:
+            g["embedding.weight"] = RowSparse(ids, rows, p["embedding.weight"].shape)
         else:
-            dEmb.fill(0)
-        np.add.at(dEmb, xa.reshape(-1), dX0.reshape(T * B, -1))
-        g["embedding.weight"] = dEmb
+            dEmb = g.get("embedding.weight")
+            if dEmb is None:
+                dEmb = np.zeros_like(p["embedding.weight"])
+            else:
+                dEmb.fill(0)
+            dEmb[ids] = rows
+            g["embedding.weight"] = dEmb
 
         def put(name, value):
             if grads is None:

@@ -46,12 +46,74 @@ import numpy as np
 
 from . import _validate
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adam",
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adam", "RowSparse",
            "clip_grad_norm", "clip_grad_value", "HalveOnPlateau"]
 
 # PyTorch's clip_grad_norm_ adds this to the norm before dividing, so a norm of zero
 # gives a finite coefficient and a norm exactly at max_norm is (just) not scaled.
 _CLIP_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------- sparse rows
+
+class RowSparse:
+    """A gradient that is zero outside a few rows of a 2-D parameter.
+
+    The embedding matrix of a language model gets a gradient only in the rows of the tokens
+    of the batch: 400 of 10,000 rows at the PTB-small shape.  ``loss_and_grad(...,
+    sparse_embedding=True)`` returns it in this form, and :class:`SGD` updates only those
+    rows; the other optimizers and :func:`clip_grad_value` give exactly the result of the
+    dense gradient (:meth:`toarray`), and :func:`clip_grad_norm` the same but for rounding
+    (the norm is summed over the rows only, in another order).
+
+    Parameters
+    ----------
+    indices : array_like of int, shape (n,)
+        The rows, strictly increasing, each in ``[0, shape[0])``.
+    values : ndarray of float, shape (n, shape[1])
+        The gradient's rows, in the order of ``indices``.  Kept, not copied.
+    shape : tuple (rows, cols)
+        The dense gradient's shape (the parameter's).
+    """
+
+    __slots__ = ("indices", "values", "shape")
+
+    def __init__(self, indices, values, shape):
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != 2 or min(shape) < 0:
+            raise ValueError(f"RowSparse shape must be (rows, cols), got {shape}")
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(f"RowSparse indices must be a 1-D integer array, got "
+                            f"dtype {idx.dtype} and shape {idx.shape}")
+        idx = idx.astype(np.intp, copy=False)
+        if not isinstance(values, np.ndarray) or values.dtype.kind != "f":
+            raise TypeError(f"RowSparse values must be a float numpy array, got "
+                            f"{getattr(values, 'dtype', type(values).__name__)}")
+        if values.shape != (idx.size, shape[1]):
+            raise ValueError(f"RowSparse values must have shape (len(indices), {shape[1]}) = "
+                             f"{(idx.size, shape[1])}, got {values.shape}")
+        if idx.size:
+            if idx[0] < 0 or idx[-1] >= shape[0]:
+                raise ValueError(f"RowSparse indices must lie in [0, {shape[0]}), got "
+                                 f"{int(idx.min())}..{int(idx.max())}")
+            if idx.size > 1 and not (np.diff(idx) > 0).all():
+                raise ValueError("RowSparse indices must be strictly increasing (each row once)")
+        self.indices, self.values, self.shape = idx, values, shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def toarray(self, dtype=None):
+        """The dense gradient: zeros, with ``values`` in the rows ``indices``."""
+        out = np.zeros(self.shape, self.dtype if dtype is None else dtype)
+        out[self.indices] = self.values
+        return out
+
+    def __repr__(self):
+        return (f"RowSparse({self.indices.size} of {self.shape[0]} rows, shape={self.shape}, "
+                f"dtype={self.dtype.name})")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,6 +210,8 @@ def _grad_items(grads, where):
     else:
         raise TypeError(f"{where}: grads must be a dict of numpy arrays (or a list of them), "
                         f"got {type(grads).__name__}")
+    # a RowSparse gradient is its rows: zeros elsewhere change neither norm nor clipping
+    items = [(label, g.values if isinstance(g, RowSparse) else g) for label, g in items]
     for label, g in items:
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{where}: {label} must be a numpy array (it is modified in place), "
@@ -241,6 +305,15 @@ class Optimizer:
         out = {}
         for name, p in self.params.items():
             g = grads[name]
+            if isinstance(g, RowSparse):
+                if g.shape != p.shape:
+                    raise ValueError(f"gradient {name!r} (RowSparse) has shape {g.shape}, "
+                                     f"expected {p.shape} (the parameter's shape)")
+                if not _all_finite(g.values):
+                    raise ValueError(f"gradient {name!r} holds {_nonfinite_count(g.values)} "
+                                     f"non-finite value(s) (NaN or inf); no parameter was updated")
+                out[name] = g
+                continue
             if not isinstance(g, np.ndarray):
                 try:
                     g = np.asarray(g)
@@ -265,7 +338,7 @@ class Optimizer:
         ----------
         grads : dict of str to array_like
             Gradient of the loss for each parameter: the same keys as ``params`` and the
-            same shapes, float, finite.  Any float dtype is accepted; the arithmetic is done
+            same shapes, float, finite; a 2-D parameter's may be a :class:`RowSparse`.  Any float dtype is accepted; the arithmetic is done
             in (and the result stored as) the parameter's dtype.  Not modified.
 
         Raises
@@ -282,7 +355,17 @@ class Optimizer:
         coef = self._coefficients()
         for name, p in self.params.items():
             state = [self._state[slot][name] for slot in self._slots]
-            self._update(p, gs[name], self._scratch[name], state, coef)
+            g = gs[name]
+            if isinstance(g, RowSparse):
+                if self._update_rows(p, g, coef):
+                    continue
+                g = g.toarray(p.dtype)           # the dense update, exactly
+            self._update(p, g, self._scratch[name], state, coef)
+
+    def _update_rows(self, p, g, coef):
+        """Apply a :class:`RowSparse` gradient touching only its rows; False if this rule
+        cannot (its state changes in every row), and the dense update is applied instead."""
+        return False
 
     def _coefficients(self):
         """Scalars shared by every parameter in this step (computed once per step)."""
@@ -408,6 +491,12 @@ class SGD(Optimizer):
     def _update(self, p, g, buf, state, coef):
         np.multiply(g, self._lr, out=buf)
         np.subtract(p, buf, out=p)
+
+    def _update_rows(self, p, g, coef):
+        step = np.empty(g.values.shape, p.dtype)  # the dense rule's two roundings, per row
+        np.multiply(g.values, self._lr, out=step)
+        p[g.indices] -= step                      # indices are unique: no row twice
+        return True
 
 
 class Momentum(Optimizer):
@@ -616,7 +705,7 @@ def clip_grad_norm(grads, max_norm, error_if_nonfinite=True):
     Parameters
     ----------
     grads : dict of str to numpy.ndarray, or list of numpy.ndarray, or numpy.ndarray
-        Float arrays, modified in place.
+        Float arrays (or :class:`RowSparse`), modified in place.
     max_norm : float
         ``> 0``.
     error_if_nonfinite : bool, default True
@@ -674,7 +763,7 @@ def clip_grad_value(grads, clip_value):
     Parameters
     ----------
     grads : dict of str to numpy.ndarray, or list of numpy.ndarray, or numpy.ndarray
-        Float arrays, modified in place.
+        Float arrays (or :class:`RowSparse`), modified in place.
     clip_value : float
         ``> 0``.
 

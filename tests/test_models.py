@@ -533,3 +533,93 @@ def test_model_with_a_used_workspace_copies_and_pickles():
     want = m.loss(x, y)[0]
     for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
         assert other.loss(x, y)[0] == want
+
+
+# ------------------------------------------------------------- sparse embedding gradient
+
+@pytest.mark.parametrize("be", ["numpy"] + compiled_backends())
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cls,kw", MODELS, ids=IDS)
+def test_sparse_embedding_gradient_is_the_dense_one(cls, kw, dtype, be):
+    """``sparse_embedding=True``: the rows of the tokens that occur, bitwise the dense
+    gradient's rows (repeated tokens summed, padded positions included as zero rows); every
+    other gradient and the loss unchanged."""
+    from fastrnn.optim import RowSparse
+    V = 40
+    m = cls(V, 6, num_layers=2, embedding_dim=5, dtype=dtype, backend=be, seed=3, **kw)
+    x, y = batch(T=7, B=4, V=V, seed=8)
+    x[2, :] = x[0, 0]                          # the same token many times
+    mask = np.ones((7, 4))
+    mask[5:, 1] = 0
+    L, dense, h = m.loss_and_grad(x, y, mask=mask)
+    Ls, sparse, hs = m.loss_and_grad(x, y, mask=mask, sparse_embedding=True)
+    e = sparse["embedding.weight"]
+    assert isinstance(e, RowSparse) and Ls == L
+    np.testing.assert_array_equal(e.indices, np.unique(x))
+    assert e.values.dtype == dtype and e.shape == (V, 5)
+    np.testing.assert_array_equal(e.toarray(), dense["embedding.weight"])
+    assert list(sparse) == list(dense)
+    for n in dense:
+        if n != "embedding.weight":
+            np.testing.assert_array_equal(sparse[n], dense[n], err_msg=n)
+    np.testing.assert_array_equal(np.asarray(hs), np.asarray(h))
+
+
+def test_sparse_embedding_with_grads_passed_back():
+    from fastrnn.optim import RowSparse
+    m = LSTM(30, 4, dtype=np.float64, backend="numpy", seed=0)
+    x, y = batch(T=4, B=3, V=30, seed=1)
+    x2, y2 = batch(T=4, B=3, V=30, seed=2)
+    _, g, _ = m.loss_and_grad(x2, y2, sparse_embedding=True)
+    _, fresh, _ = m.loss_and_grad(x, y, sparse_embedding=True)
+    _, same, _ = m.loss_and_grad(x, y, grads=g, sparse_embedding=True)
+    assert same is g and isinstance(g["embedding.weight"], RowSparse)
+    np.testing.assert_array_equal(g["embedding.weight"].indices, fresh["embedding.weight"].indices)
+    for n in fresh:
+        a, b = g[n], fresh[n]
+        if isinstance(a, RowSparse):
+            a, b = a.values, b.values
+        np.testing.assert_array_equal(a, b, err_msg=n)
+    _, dense, _ = m.loss_and_grad(x, y)        # a dense dict's embedding entry is replaced
+    m.loss_and_grad(x, y, grads=dense, sparse_embedding=True)
+    assert isinstance(dense["embedding.weight"], RowSparse)
+    with pytest.raises(TypeError, match="grads entry embedding.weight must be a numpy array, "
+                                        "got RowSparse"):
+        m.loss_and_grad(x, y, grads=g)         # back to dense: the sparse entry is refused
+    bad = dict(g)
+    del bad["embedding.weight"]
+    with pytest.raises(ValueError, match="grads must hold an 'embedding.weight' entry"):
+        m.loss_and_grad(x, y, grads=bad, sparse_embedding=True)
+    bad = dict(g, **{"decoder.bias": np.zeros(31)})
+    with pytest.raises(ValueError, match=r"grads entry decoder.bias must have shape \(30,\)"):
+        m.loss_and_grad(x, y, grads=bad, sparse_embedding=True)
+    with pytest.raises(TypeError, match="sparse_embedding must be True or False, got str"):
+        m.loss_and_grad(x, y, sparse_embedding="yes")
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("opt_name", ["SGD", "Momentum", "RMSprop", "Adam"])
+def test_training_with_sparse_embedding_equals_dense(opt_name, clip):
+    """Five steps of every optimizer give the same weights either way: bitwise without
+    norm clipping (SGD touches only the rows, the others apply the dense rule); with it, to
+    float32 rounding, as the norm is summed in another order (the zero rows skipped)."""
+    from fastrnn import optim
+    runs = []
+    for sparse in (False, True):
+        m = LSTM(25, 6, num_layers=2, dtype=np.float32, backend="numpy", seed=4)
+        opt = getattr(optim, opt_name)(m.parameters(), lr=0.05)
+        norms = []
+        for s in range(5):
+            x, y = batch(T=5, B=2, V=25, seed=10 + s)
+            _, g, _ = m.loss_and_grad(x, y, sparse_embedding=sparse)
+            if clip:
+                norms.append(optim.clip_grad_norm(g, 0.3))
+                optim.clip_grad_value(g, 0.02)
+            opt.step(g)
+        assert not clip or max(norms) > 0.3     # the norm clipping did act
+        runs.append({n: a.copy() for n, a in m.parameters().items()})
+    for n in runs[0]:
+        if clip:
+            np.testing.assert_allclose(runs[1][n], runs[0][n], rtol=1e-5, atol=1e-7, err_msg=n)
+        else:
+            np.testing.assert_array_equal(runs[1][n], runs[0][n], err_msg=n)

@@ -619,3 +619,82 @@ def test_load_state_dict_casts_before_the_finiteness_check():
     opt.load_state_dict(sd)
     assert opt.state_dict()["v/p"].dtype == np.float32
     assert opt.state_dict()["v/p"][1, 1] == 2.0
+
+
+# --------------------------------------------------------------------------- RowSparse
+
+def _rows(rng, shape=(9, 4), idx=(1, 4, 5), dtype=np.float64):
+    from fastrnn.optim import RowSparse
+    return RowSparse(np.array(idx), rng.standard_normal((len(idx), shape[1])).astype(dtype), shape)
+
+
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p_dtype", [np.float32, np.float64])
+def test_sgd_row_update_equals_the_dense_one_and_touches_only_its_rows(p_dtype, grad_dtype):
+    rng = np.random.default_rng(0)
+    g = _rows(rng, dtype=grad_dtype)
+    P = rng.standard_normal((9, 4)).astype(p_dtype)
+    dense, sparse = P.copy(), P.copy()
+    SGD({"E": dense}, lr=0.3).step({"E": g.toarray()})
+    SGD({"E": sparse}, lr=0.3).step({"E": g})
+    np.testing.assert_array_equal(sparse, dense)
+    untouched = np.setdiff1d(np.arange(9), g.indices)
+    np.testing.assert_array_equal(sparse[untouched], P[untouched])
+    assert sparse.dtype == p_dtype
+
+
+def test_row_sparse_is_refused_before_anything_is_updated():
+    from fastrnn.optim import RowSparse
+    rng = np.random.default_rng(1)
+    E, W = np.ones((9, 4)), np.ones(3)
+    opt = Adam({"W": W, "E": E}, lr=0.1)
+    bad = RowSparse([0, 2], np.array([[1.0, np.nan, 0, 0], [0, 0, 0, 0]]), (9, 4))
+    with pytest.raises(ValueError, match=r"gradient 'E' holds 1 non-finite value\(s\)"):
+        opt.step({"W": np.ones(3), "E": bad})
+    with pytest.raises(ValueError, match=r"gradient 'E' \(RowSparse\) has shape \(10, 4\), "
+                                         r"expected \(9, 4\)"):
+        opt.step({"W": np.ones(3), "E": _rows(rng, shape=(10, 4))})
+    assert opt.step_count == 0 and (E == 1).all() and (W == 1).all()
+    assert (opt._state["m"]["W"] == 0).all()
+
+
+def test_row_sparse_checks_its_arguments():
+    from fastrnn.optim import RowSparse
+    v = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RowSparse([3, 1], v, (5, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RowSparse([2, 2], v, (5, 3))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\), got 1\.\.5"):
+        RowSparse([1, 5], v, (5, 3))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\), got -1\.\.2"):
+        RowSparse([-1, 2], v, (5, 3))
+    with pytest.raises(ValueError, match=r"values must have shape \(len\(indices\), 3\) = "
+                                         r"\(3, 3\), got \(2, 3\)"):
+        RowSparse([0, 1, 2], v, (5, 3))
+    with pytest.raises(TypeError, match="indices must be a 1-D integer array, got dtype float64"):
+        RowSparse([0.0, 1.0], v, (5, 3))
+    with pytest.raises(TypeError, match="values must be a float numpy array, got int64"):
+        RowSparse([0, 1], np.zeros((2, 3), np.int64), (5, 3))
+    with pytest.raises(ValueError, match=r"shape must be \(rows, cols\), got \(5,\)"):
+        RowSparse([0, 1], v, (5,))
+    empty = RowSparse([], np.zeros((0, 3)), (5, 3))
+    np.testing.assert_array_equal(empty.toarray(), np.zeros((5, 3)))
+
+
+def test_clipping_a_row_sparse_gradient_equals_clipping_the_dense_one():
+    rng = np.random.default_rng(2)
+    g = _rows(rng)
+    W = rng.standard_normal(3)
+    dense = {"E": g.toarray(), "W": W.copy()}
+    sparse = {"E": g, "W": W.copy()}
+    # the same norm but for the summation order (the zero rows are skipped)
+    assert clip_grad_norm(sparse, 0.7) == pytest.approx(clip_grad_norm(dense, 0.7), rel=1e-15)
+    np.testing.assert_allclose(sparse["E"].toarray(), dense["E"], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(sparse["W"], dense["W"], rtol=1e-15, atol=0)
+    g2 = _rows(rng)
+    dense, sparse = {"E": g2.toarray()}, {"E": g2}
+    clip_grad_value(sparse, 0.1)
+    clip_grad_value(dense, 0.1)
+    assert (np.abs(dense["E"]) == 0.1).any()    # some values were clipped
+    np.testing.assert_array_equal(sparse["E"].toarray(), dense["E"])
