@@ -93,12 +93,11 @@ class RowSparse:
         if values.shape != (idx.size, shape[1]):
             raise ValueError(f"RowSparse values must have shape (len(indices), {shape[1]}) = "
                              f"{(idx.size, shape[1])}, got {values.shape}")
-        if idx.size:
-            if idx[0] < 0 or idx[-1] >= shape[0]:
-                raise ValueError(f"RowSparse indices must lie in [0, {shape[0]}), got "
-                                 f"{int(idx.min())}..{int(idx.max())}")
-            if idx.size > 1 and not (np.diff(idx) > 0).all():
-                raise ValueError("RowSparse indices must be strictly increasing (each row once)")
+        if idx.size > 1 and not (np.diff(idx) > 0).all():
+            raise ValueError("RowSparse indices must be strictly increasing (each row once)")
+        if idx.size and (idx[0] < 0 or idx[-1] >= shape[0]):
+            raise ValueError(f"RowSparse indices must lie in [0, {shape[0]}), got "
+                             f"{int(idx[0])}..{int(idx[-1])}")
         self.indices, self.values, self.shape = idx, values, shape
 
     @property
@@ -306,7 +305,8 @@ class Optimizer:
         for name, p in self.params.items():
             g = grads[name]
             if isinstance(g, RowSparse):
-                if g.shape != p.shape:
+                g = RowSparse(g.indices, g.values, g.shape)    # checked again: attributes
+                if g.shape != p.shape:                         # may have been reassigned
                     raise ValueError(f"gradient {name!r} (RowSparse) has shape {g.shape}, "
                                      f"expected {p.shape} (the parameter's shape)")
                 if not _all_finite(g.values):
@@ -338,8 +338,9 @@ class Optimizer:
         ----------
         grads : dict of str to array_like
             Gradient of the loss for each parameter: the same keys as ``params`` and the
-            same shapes, float, finite; a 2-D parameter's may be a :class:`RowSparse`.  Any float dtype is accepted; the arithmetic is done
-            in (and the result stored as) the parameter's dtype.  Not modified.
+            same shapes, float, finite; a 2-D parameter's may be a :class:`RowSparse`.
+            Any float dtype is accepted; the arithmetic is done in (and the result stored
+            as) the parameter's dtype.  Not modified.
 
         Raises
         ------
@@ -359,7 +360,7 @@ class Optimizer:
             if isinstance(g, RowSparse):
                 if self._update_rows(p, g, coef):
                     continue
-                g = g.toarray(p.dtype)           # the dense update, exactly
+                g = g.toarray()                  # the dense update, exactly
             self._update(p, g, self._scratch[name], state, coef)
 
     def _update_rows(self, p, g, coef):

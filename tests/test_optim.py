@@ -654,6 +654,10 @@ def test_row_sparse_is_refused_before_anything_is_updated():
     with pytest.raises(ValueError, match=r"gradient 'E' \(RowSparse\) has shape \(10, 4\), "
                                          r"expected \(9, 4\)"):
         opt.step({"W": np.ones(3), "E": _rows(rng, shape=(10, 4))})
+    g = _rows(rng)
+    g.indices = np.array([1, 1, 2])           # reassigned after construction: checked again
+    with pytest.raises(ValueError, match="strictly increasing"):
+        opt.step({"W": np.ones(3), "E": g})
     assert opt.step_count == 0 and (E == 1).all() and (W == 1).all()
     assert (opt._state["m"]["W"] == 0).all()
 
@@ -669,6 +673,8 @@ def test_row_sparse_checks_its_arguments():
         RowSparse([1, 5], v, (5, 3))
     with pytest.raises(ValueError, match=r"must lie in \[0, 5\), got -1\.\.2"):
         RowSparse([-1, 2], v, (5, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RowSparse([5, 1], v, (5, 3))
     with pytest.raises(ValueError, match=r"values must have shape \(len\(indices\), 3\) = "
                                          r"\(3, 3\), got \(2, 3\)"):
         RowSparse([0, 1, 2], v, (5, 3))
@@ -698,3 +704,22 @@ def test_clipping_a_row_sparse_gradient_equals_clipping_the_dense_one():
     clip_grad_value(dense, 0.1)
     assert (np.abs(dense["E"]) == 0.1).any()    # some values were clipped
     np.testing.assert_array_equal(sparse["E"].toarray(), dense["E"])
+
+
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_optimizer_takes_row_sparse_as_its_dense_gradient(name, grad_dtype):
+    """Three steps on a float32 parameter: a RowSparse gradient (float32 or float64 values)
+    gives bitwise the weights and state of its dense array."""
+    cls, kw = CONFIGS[name]
+    rng = np.random.default_rng(3)
+    P = rng.standard_normal((9, 4)).astype(np.float32)
+    dense, sparse = P.copy(), P.copy()
+    od, osp = cls({"E": dense}, **kw), cls({"E": sparse}, **kw)
+    for _ in range(3):
+        g = _rows(rng, idx=sorted(rng.choice(9, 4, replace=False)), dtype=grad_dtype)
+        od.step({"E": g.toarray()})
+        osp.step({"E": g})
+    np.testing.assert_array_equal(sparse, dense)
+    for k, v in od.state_dict().items():
+        np.testing.assert_array_equal(osp.state_dict()[k], v, err_msg=k)
