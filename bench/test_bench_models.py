@@ -265,3 +265,17 @@ def test_keras_char_lstm_step(benchmark, impl):
     benchmark.group = "keras-char-lstm-step-float32"
     benchmark.extra_info.update(impl=impl, tokens=KC["N"] * KC["L"])
     benchmark(step)
+
+
+def test_ptb_processes_script_runs():
+    """``bench/ptb_processes.py`` (the PTB step, one process per implementation) runs and
+    summarises; one round of one step here, so that the script cannot rot unnoticed."""
+    import os
+    import subprocess
+    import sys
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptb_processes.py")
+    out = subprocess.run([sys.executable, path, "--rounds", "1", "--steps", "1", "--threads", "1"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    for impl in BACKENDS:
+        if impl != "numpy":
+            assert f"{impl:7s} 1 thread(s): median of medians" in out, out

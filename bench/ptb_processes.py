@@ -1,0 +1,107 @@
+"""The PTB-small LSTM step, each implementation in a process of its own, run in turn.
+
+    python bench/ptb_processes.py [--rounds 3] [--steps 25] [--threads 1 2]
+
+In the pytest-benchmark run (``bench/test_bench_models.py``) every implementation shares one
+process, so PyTorch's OpenMP workers, Numba's and OpenBLAS's are all alive at once and a
+framework's idle-but-spinning threads can slow the next one's step on a 2-core machine.
+Here each (implementation, threads) pair runs in a fresh interpreter: two warm-up steps,
+then ``--steps`` timed steps; the pairs are run in turn ``--rounds`` times, so a burst of
+load on the shared machine falls on several of them rather than on one.  Prints every
+process's median and minimum, then per pair the median of the medians and the minimum of
+the minima, and the ratios (PyTorch's time / fastrnn's; one thread / two threads).
+
+The step is the benchmark's: SGD on a row-sparse embedding gradient on both sides
+(``sparse_embedding=True``, ``nn.Embedding(sparse=True)``), and PyTorch's loss must equal
+fastrnn's on the same weights before it is timed.  PyTorch's rows are left out when it is
+not installed.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def child(impl, threads, steps):
+    sys.path.insert(0, os.path.join(HERE, os.pardir))
+    sys.path.insert(0, HERE)
+    import numpy as np
+
+    import fastrnn
+    from test_bench_models import PTB, _ptb_batch, _ptb_fastrnn, _ptb_torch, _threads
+
+    if impl == "torch":
+        # the weights come from a NumPy-reference model: no Numba threads in this process
+        model = fastrnn.LSTM(PTB["V"], PTB["H"], num_layers=PTB["L"], dtype=np.float32,
+                             backend="numpy", seed=0)
+        x, y = _ptb_batch()
+        want = model.loss(x, y)[0]
+        step, loss = _ptb_torch(model, threads)
+        assert abs(loss() - want) <= 1e-4 * abs(want), (loss(), want)
+        ctx = None
+    else:
+        _, step, _ = _ptb_fastrnn(impl)
+        ctx = _threads(threads)
+        ctx.__enter__()
+    step()
+    step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+    print(f"{statistics.median(times) * 1e3:.2f} {min(times) * 1e3:.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--child", nargs=2, metavar=("IMPL", "THREADS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.steps)
+        return
+
+    sys.path.insert(0, os.path.join(HERE, os.pardir))
+    import fastrnn
+    impls = [n for n, ok in fastrnn.available_backends().items() if ok is True and n != "numpy"]
+    try:
+        import torch  # noqa: F401
+        impls.append("torch")
+    except ImportError:
+        print("PyTorch not installed: its rows are left out")
+    runs = {}
+    for r in range(args.rounds):
+        for threads in args.threads:
+            for impl in impls:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--steps",
+                                      str(args.steps), "--child", impl, str(threads)],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                med, low = float(out[0]), float(out[1])
+                runs.setdefault((impl, threads), []).append((med, low))
+                print(f"round {r + 1}: {impl:7s} {threads} thread(s)  median {med:7.1f} ms"
+                      f"  min {low:7.1f} ms", flush=True)
+    print()
+    summary = {k: (statistics.median(m for m, _ in v), min(lo for _, lo in v))
+               for k, v in runs.items()}
+    for (impl, threads), (med, low) in summary.items():
+        line = f"{impl:7s} {threads} thread(s): median of medians {med:7.1f} ms, min {low:7.1f} ms"
+        if impl != "torch" and ("torch", threads) in summary:
+            tm, tl = summary["torch", threads]
+            line += f"; x torch {tm / med:.2f} (minima {tl / low:.2f})"
+        if threads != 1 and (impl, 1) in summary:
+            om, ol = summary[impl, 1]
+            line += f"; {threads} threads vs 1: {om / med:.2f}x (minima {ol / low:.2f}x)"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
