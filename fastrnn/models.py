@@ -235,8 +235,6 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
     return grads, dX0, dh0, dc0
 
 
-# ----------------------------------------------------------------------------- validation
-
 def _embedding_rows(xa, dX):
     """The embedding gradient's nonzero rows: ``(ids, sums)``, ``ids`` the distinct token ids
     of ``xa`` in increasing order and ``sums[i]`` the sum of the rows of ``dX (T, B, E)`` at
@@ -250,6 +248,8 @@ def _embedding_rows(xa, dX):
     starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
     return ids[starts].astype(np.intp, copy=False), np.add.reduceat(rows[order], starts, axis=0)
 
+
+# ----------------------------------------------------------------------------- validation
 
 def _check_array(a, name, shape, dtype):
     """``a`` must be a C-contiguous ndarray of exactly ``dtype`` and ``shape`` (no values read).
