@@ -11,6 +11,10 @@ load on the shared machine falls on several of them rather than on one.  Prints 
 process's median and minimum, then per pair the median of the medians and the minimum of
 the minima, and the ratios (PyTorch's time / fastrnn's; one thread / two threads).
 
+``numba-pool`` is the Numba backend after ``fastrnn.set_num_threads(n)``: BLAS on one thread
+and the whole step on Numba's ``n`` threads (its "vs 1 thread" ratio is against ``numba``);
+``numba`` and ``cython`` with ``n`` threads leave BLAS on ``n`` and the rest serial.
+
 The step is the benchmark's: SGD on a row-sparse embedding gradient on both sides
 (``sparse_embedding=True``, ``nn.Embedding(sparse=True)``), and PyTorch's loss must equal
 fastrnn's on the same weights before it is timed.  PyTorch's rows are left out when it is
@@ -44,8 +48,8 @@ def child(impl, threads, steps):
         assert abs(loss() - want) <= 1e-4 * abs(want), (loss(), want)
         ctx = None
     else:
-        _, step, _ = _ptb_fastrnn(impl)
-        ctx = _threads(threads)
+        _, step, _ = _ptb_fastrnn("numba" if impl == "numba-pool" else impl)
+        ctx = _threads(threads, blas=1 if impl == "numba-pool" else None)
         ctx.__enter__()
     step()
     step()
@@ -73,6 +77,8 @@ def main():
     sys.path.insert(0, os.path.join(HERE, os.pardir))
     import fastrnn
     impls = [n for n, ok in fastrnn.available_backends().items() if ok is True and n != "numpy"]
+    if "numba" in impls:
+        impls.append("numba-pool")
     try:
         import torch  # noqa: F401
         impls.append("torch")
@@ -82,23 +88,26 @@ def main():
     for r in range(args.rounds):
         for threads in args.threads:
             for impl in impls:
+                if impl == "numba-pool" and threads == 1:
+                    continue          # the same as numba on one thread
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--steps",
                                       str(args.steps), "--child", impl, str(threads)],
                                      capture_output=True, text=True, check=True).stdout.split()
                 med, low = float(out[0]), float(out[1])
                 runs.setdefault((impl, threads), []).append((med, low))
-                print(f"round {r + 1}: {impl:7s} {threads} thread(s)  median {med:7.1f} ms"
+                print(f"round {r + 1}: {impl:10s} {threads} thread(s)  median {med:7.1f} ms"
                       f"  min {low:7.1f} ms", flush=True)
     print()
     summary = {k: (statistics.median(m for m, _ in v), min(lo for _, lo in v))
                for k, v in runs.items()}
     for (impl, threads), (med, low) in summary.items():
-        line = f"{impl:7s} {threads} thread(s): median of medians {med:7.1f} ms, min {low:7.1f} ms"
+        line = f"{impl:10s} {threads} thread(s): median of medians {med:7.1f} ms, min {low:7.1f} ms"
         if impl != "torch" and ("torch", threads) in summary:
             tm, tl = summary["torch", threads]
             line += f"; x torch {tm / med:.2f} (minima {tl / low:.2f})"
-        if threads != 1 and (impl, 1) in summary:
-            om, ol = summary[impl, 1]
+        one = "numba" if impl == "numba-pool" else impl
+        if threads != 1 and (one, 1) in summary:
+            om, ol = summary[one, 1]
             line += f"; {threads} threads vs 1: {om / med:.2f}x (minima {ol / low:.2f}x)"
         print(line)
 

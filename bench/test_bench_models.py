@@ -29,17 +29,20 @@ def _torch():
 
 
 class _threads:
-    """BLAS and Numba both limited to ``n`` threads inside the block."""
+    """Numba limited to ``n`` threads inside the block, and BLAS to ``blas`` (default
+    ``n``).  ``blas=1`` with ``n > 1`` is what ``fastrnn.set_num_threads(n)`` sets: the
+    Numba backend's step then runs on Numba's threads (``fastrnn.models._step_threads``)."""
 
-    def __init__(self, n):
+    def __init__(self, n, blas=None):
         self.n = n
+        self.blas = n if blas is None else blas
 
     def __enter__(self):
         import numba
         from threadpoolctl import threadpool_limits
         self._numba = numba.get_num_threads()
         numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
-        self._blas = threadpool_limits(limits=self.n)
+        self._blas = threadpool_limits(limits=self.blas)
         self._blas.__enter__()
         return self
 
@@ -108,18 +111,26 @@ def _ptb_torch(model, threads):
     return step, loss
 
 
+# "numba-pool": the Numba backend after fastrnn.set_num_threads(n) -- BLAS on one thread,
+# the whole step on Numba's n threads (products in blocks, softmax rows, LSTM units); plain
+# "numba" and "cython" with n threads leave BLAS on n threads and the rest serial.
+POOL = ["numba-pool"] if "numba" in BACKENDS else []
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+@pytest.mark.parametrize("impl", BACKENDS + POOL + ["torch"])
 def test_ptb_lstm_step(benchmark, impl, threads):
     if impl == "numpy" and threads == 2:
         pytest.skip("the NumPy reference is timed on one thread only")
-    model, step, loss = _ptb_fastrnn("numba" if impl == "torch" else impl)
+    if impl == "numba-pool" and threads == 1:
+        pytest.skip("on one thread numba-pool is numba")
+    model, step, loss = _ptb_fastrnn("numba" if impl in ("torch", "numba-pool") else impl)
     want = loss()
     if impl == "torch":
         step, loss = _ptb_torch(model, threads)
         assert abs(loss() - want) <= 1e-4 * abs(want)
     tokens = PTB["T"] * PTB["B"]
-    with _threads(threads):
+    with _threads(threads, blas=1 if impl == "numba-pool" else None):
         step()
         benchmark.group = f"ptb-lstm-step-float32-{threads}thread"
         benchmark.extra_info.update(impl=impl, tokens=tokens, threads=threads,
@@ -274,8 +285,13 @@ def test_ptb_processes_script_runs():
     import subprocess
     import sys
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ptb_processes.py")
-    out = subprocess.run([sys.executable, path, "--rounds", "1", "--steps", "1", "--threads", "1"],
+    out = subprocess.run([sys.executable, path, "--rounds", "1", "--steps", "1",
+                          "--threads", "1", "2"],
                          capture_output=True, text=True, check=True, timeout=600).stdout
-    for impl in BACKENDS:
-        if impl != "numpy":
-            assert f"{impl:7s} 1 thread(s): median of medians" in out, out
+    for impl in BACKENDS + POOL:
+        for threads in (1, 2):
+            if impl == "numpy" or (impl == "numba-pool" and threads == 1):
+                continue
+            assert f"{impl:10s} {threads} thread(s): median of medians" in out, out
+    if POOL:
+        assert "numba-pool 2 thread(s)" in out and "2 threads vs 1:" in out, out

@@ -1,6 +1,6 @@
 """fastrnn: RNN, GRU and LSTM language models, fast on a CPU and checked against NumPy."""
 from . import optim
-from .backends import available_backends, backend_info, get_backend
+from .backends import available_backends, backend_info, get_backend, set_num_threads
 from .generate import generate_sentence, generate_text
 from .io import (load_model, load_model_parameters_numpy, load_model_parameters_theano,
                  save_model, save_model_parameters_numpy, save_model_parameters_theano)
@@ -21,6 +21,6 @@ __all__ = [
     "load_model_parameters_numpy", "load_model_parameters_theano",
     "save_model_parameters_numpy", "save_model_parameters_theano",
     "optim",
-    "available_backends", "backend_info", "get_backend",
+    "available_backends", "backend_info", "get_backend", "set_num_threads",
     "__version__",
 ]

@@ -144,3 +144,47 @@ def backend_info():
             "default": default,
             "env": _config.ENV_BACKEND,
             "blas": blas}
+
+
+def set_num_threads(n):
+    """Run the Numba backend's steps on ``n`` of Numba's threads, with BLAS on one.
+
+    Sets Numba's thread count to ``n`` (``numba.set_num_threads``, which applies to the
+    calling thread) and the kernels' BLAS to one thread.  That BLAS is NumPy's own
+    OpenBLAS (see :func:`backend_info`), so every NumPy product in the process then runs
+    on one thread too, as after ``threadpoolctl.threadpool_limits(1)``.
+
+    A Numba-backend step (``loss``, ``loss_and_grad``, training) then runs all its parallel
+    parts on the one pool of Numba's threads: the whole-sequence products in blocks (each
+    a single-threaded BLAS call), the softmax in chunks of rows, the LSTM recurrence in
+    blocks of hidden units.  Left at their defaults (BLAS on every core), BLAS threads the
+    products and the rest of the step runs serially, because OpenBLAS's workers keep
+    spinning for a while after each product and slow any other threads started then.
+    On the 2-core machine of the README the first way made the PTB-small LSTM step
+    faster (the README's speed section has the numbers).
+
+    The Cython backend's kernels are serial: with it, keep BLAS multi-threaded instead.
+    ``set_num_threads(1)`` makes everything serial.
+
+    Raises
+    ------
+    ValueError
+        ``n`` is not an integer from 1 to Numba's ``NUMBA_NUM_THREADS``.
+    BackendUnavailableError
+        The Numba backend cannot be loaded.
+    RuntimeError
+        The kernels' BLAS has no call to set its thread count.
+    """
+    import numbers
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise ValueError(f"n must be an integer number of threads, got {n!r}")
+    get_backend("numba")
+    import numba
+    top = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= top:
+        raise ValueError(f"n must be between 1 and {top} (NUMBA_NUM_THREADS), got {n}")
+    from ._kernels._blas_lib import library
+    lib = library()
+    if lib.num_threads() != 1 and not lib.set_num_threads(1):
+        raise RuntimeError(f"cannot set the thread count of the kernels' BLAS ({lib.path})")
+    numba.set_num_threads(int(n))

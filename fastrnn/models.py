@@ -78,11 +78,14 @@ def _kernel(be, name):
     return fn
 
 
-def _mm(be, A, B, trans_a=False, trans_b=False, out=None):
+def _mm(be, A, B, trans_a=False, trans_b=False, out=None, threads=1, bias=None):
     """``op(A) @ op(B)`` for the whole-sequence products, on the BLAS the backend's kernels use.
 
     ``out``, if given, is a C-contiguous array of the product's shape and dtype (checked by
-    the caller) that receives the product.
+    the caller) that receives the product.  ``bias``, if given, is a vector of the product's
+    width added to every row.  ``threads`` is :func:`_step_threads`'s answer for this step:
+    above 1 the product (and the bias) is cut into that many blocks run on Numba's threads
+    (:func:`fastrnn._kernels.blas.gemm_parallel`), each a single-threaded BLAS call.
 
     The Numba and Cython kernels call the BLAS of :mod:`fastrnn._kernels._blas_lib`.  When
     that is NumPy's own (the usual case), ``np.matmul`` already runs in it.  When it is
@@ -92,15 +95,51 @@ def _mm(be, A, B, trans_a=False, trans_b=False, out=None):
     one), so the product goes through the kernels' ``gemm``.  Operands that are not
     C-contiguous (rare column slices) take NumPy's path.
     """
-    if getattr(be, "name", None) in ("numba", "cython") and _kernels_blas() != "numpy" \
-            and A.flags.c_contiguous and B.flags.c_contiguous and A.dtype == B.dtype:
-        from ._kernels.blas import gemm
+    own = getattr(be, "name", None) in ("numba", "cython")
+    if own and A.flags.c_contiguous and B.flags.c_contiguous and A.dtype == B.dtype \
+            and (threads > 1 or _kernels_blas() != "numpy"):
+        from ._kernels.blas import PARALLEL_MIN_MACS, gemm, gemm_parallel
         m = A.shape[1] if trans_a else A.shape[0]
         n = B.shape[0] if trans_b else B.shape[1]
+        k = A.shape[0] if trans_a else A.shape[1]
         C = np.empty((m, n), A.dtype) if out is None else out
+        if threads > 1 and m * n * k >= PARALLEL_MIN_MACS and (bias is None or (
+                bias.dtype == C.dtype and bias.shape == (n,))):
+            gemm_parallel(trans_a, trans_b, A, B, C[0, :0] if bias is None else bias, C,
+                          threads)
+            return C
         gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
-        return C
-    return np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+    else:
+        C = np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+    if bias is not None:
+        C += bias
+    return C
+
+
+def _step_threads(be):
+    """How many of Numba's threads a step's parallel parts run on (1: none).
+
+    Two ways to use several cores, chosen by how the user set the thread counts:
+
+    * BLAS multi-threaded (OpenBLAS's default): the whole-sequence products use BLAS's
+      threads and everything else runs serially.  Running Numba's threads beside them
+      does not pay: OpenBLAS's workers keep spinning for a while after each product
+      (see :func:`fastrnn._kernels.common._blas_single_threaded`).
+    * BLAS on one thread (``threadpoolctl.threadpool_limits(1)``) and Numba on ``n > 1``
+      (``numba.set_num_threads``), Numba backend: Numba's ``n`` threads run the products
+      in blocks, the softmax in row chunks and the LSTM recurrence in blocks of hidden
+      units -- one pool of threads for the whole step.
+
+    Returns ``n`` in the second case, else 1.
+    """
+    if getattr(be, "name", None) != "numba":
+        return 1
+    from numba import get_num_threads
+    n = get_num_threads()
+    if n <= 1:
+        return 1
+    from ._kernels._blas_lib import library
+    return n if library().num_threads() == 1 else 1
 
 
 def _kernels_blas():
@@ -108,7 +147,7 @@ def _kernels_blas():
     return library().name
 
 
-def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
+def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None):
     """Run a stack of recurrent layers forward over a whole (padded) batch.
 
     Parameters
@@ -125,6 +164,8 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
         Initial states (``c0`` only for LSTM, else None), C-contiguous.
     mask : ndarray, shape (T, B)
         1 for real steps, 0 for padding (state held).
+    threads : int, optional
+        :func:`_step_threads`'s answer, if the caller has it.
 
     Returns
     -------
@@ -132,15 +173,15 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
         One forward cache per layer; ``caches[-1].Hs[1:]`` is the top output ``(T, B, H)``.
     """
     _check_stack(cell, layers, X0, h0, c0, mask)
+    if threads is None:
+        threads = _step_threads(be)
     T, B = X0.shape[:2]
     dt = X0.dtype
     out = []
     inp = X0
     for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(layers):
         G, H = W_hh.shape
-        Xp = _mm(be, inp.reshape(T * B, -1), W_ih, trans_b=True)
-        if b_ih is not None:
-            Xp += b_ih
+        Xp = _mm(be, inp.reshape(T * B, -1), W_ih, trans_b=True, threads=threads, bias=b_ih)
         Xp = Xp.reshape(T, B, G)
         if b_hh is None:
             b_hh = np.zeros(G, dt)
@@ -158,14 +199,19 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask):
         else:
             lay.Cs = np.empty((T + 1, B, H), dt)
             lay.cache = np.empty((T, B, 4 * H), dt)
-            _kernel(be, "lstm_layer_forward")(Xp, W_hh, b_hh, h0[k], c0[k], mask,
-                                              flags["hard_gates"], lay.Hs, lay.Cs, lay.cache)
+            args = (Xp, W_hh, b_hh, h0[k], c0[k], mask, flags["hard_gates"], lay.Hs, lay.Cs,
+                    lay.cache)
+            if threads > 1:
+                from ._kernels.lstm import parallel_lstm_layer_forward
+                parallel_lstm_layer_forward(*args, threads)
+            else:
+                _kernel(be, "lstm_layer_forward")(*args)
         out.append(lay)
         inp = lay.Hs[1:]
     return out
 
 
-def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
+def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, threads=None):
     """Full BPTT through a stack run by :func:`stack_forward`.
 
     Parameters
@@ -174,6 +220,8 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
         ``dL/dh_t`` of the top layer's outputs, C-contiguous.
     need_dX0 : bool
         Whether to compute the gradient of the first layer's input.
+    threads : int, optional
+        :func:`_step_threads`'s answer, if the caller has it.
 
     Returns
     -------
@@ -189,6 +237,8 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
     T, B = caches[0].Hs.shape[0] - 1, caches[0].Hs.shape[1]
     _check_array(dTop, "dTop", (T, B, H), caches[0].Hs.dtype)
     _check_array(mask, "mask", (T, B), caches[0].Hs.dtype)
+    if threads is None:
+        threads = _step_threads(be)
     dt = dTop.dtype
     grads = [None] * L
     dh0 = np.empty((L, B, H), dt)
@@ -210,24 +260,31 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True):
                                               lay.Hs, lay.cache, dHs, dGx, dGh, dh0[k])
         else:
             dGx = np.empty((T, B, G), dt)
-            _kernel(be, "lstm_layer_backward")(W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs,
-                                               lay.cache, dHs, dGx, dh0[k], dc0[k])
+            args = (W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs, lay.cache, dHs, dGx,
+                    dh0[k], dc0[k])
+            if threads > 1:
+                from ._kernels.lstm import parallel_lstm_layer_backward
+                parallel_lstm_layer_backward(*args, threads)
+            else:
+                _kernel(be, "lstm_layer_backward")(*args)
             dGh = dGx
         gx = dGx.reshape(T * B, G)
         gh = dGh.reshape(T * B, G)
         inp = lay.inp.reshape(T * B, -1)
         hprev = lay.Hs[:T].reshape(T * B, H)
-        dW_ih = _mm(be, gx, inp, trans_a=True)
+        dW_ih = _mm(be, gx, inp, trans_a=True, threads=threads)
         if cell == "gru" and not flags["reset_after"]:
             # the n rows of W_hh act on r * h_{t-1}, cached by the kernel
             dW_hh = np.empty_like(W_hh)
             dW_hh[:2 * H] = gh[:, :2 * H].T @ hprev
             dW_hh[2 * H:] = gh[:, 2 * H:].T @ lay.cache[:, :, 3 * H:].reshape(T * B, H)
         else:
-            dW_hh = _mm(be, gh, hprev, trans_a=True)
-        grads[k] = (dW_ih, dW_hh, gx.sum(axis=0), gh.sum(axis=0))
+            dW_hh = _mm(be, gh, hprev, trans_a=True, threads=threads)
+        db_ih = gx.sum(axis=0)
+        db_hh = db_ih.copy() if gh is gx else gh.sum(axis=0)   # RNN, LSTM: the same sums
+        grads[k] = (dW_ih, dW_hh, db_ih, db_hh)
         if k > 0 or need_dX0:
-            dX = _mm(be, gx, W_ih).reshape(T, B, -1)
+            dX = _mm(be, gx, W_ih, threads=threads).reshape(T, B, -1)
             if k > 0:
                 dHs = dX
             else:
@@ -636,11 +693,12 @@ class _LanguageModel:
         h0, c0 = self._hidden_in(hidden, B)
         X0 = self._params["embedding.weight"][xa]                # (T, B, E), a copy
         layers = self._layers()
-        caches = stack_forward(self._be, self.cell, self.flags, layers, X0, h0, c0, m)
+        threads = _step_threads(self._be)
+        caches = stack_forward(self._be, self.cell, self.flags, layers, X0, h0, c0, m, threads)
         top = caches[-1].Hs[1:].reshape(T * B, self.hidden_size)
         Z = _mm(self._be, top, self._params["decoder.weight"], trans_b=True,
-                out=self._logits_buffer(T * B) if reuse else None)
-        Z += self._params["decoder.bias"]
+                out=self._logits_buffer(T * B) if reuse else None, threads=threads,
+                bias=self._params["decoder.bias"])
         return xa, m, layers, caches, top, Z
 
     def forward(self, x, hidden=None, mask=None, output="log_probs"):
@@ -770,8 +828,11 @@ class _LanguageModel:
         L, xa, m, layers, caches, top, dZ = self._loss(x, y, mask, hidden)
         T, B = xa.shape
         p = self._params
-        dTop = _mm(self._be, dZ, p["decoder.weight"]).reshape(T, B, self.hidden_size)
-        lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop)
+        threads = _step_threads(self._be)
+        dTop = _mm(self._be, dZ, p["decoder.weight"], threads=threads).reshape(
+            T, B, self.hidden_size)
+        lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop,
+                                       threads=threads)
         g = grads if grads is not None else {}
         ids, rows = _embedding_rows(xa, dX0)
         if sparse_embedding:
@@ -797,7 +858,8 @@ class _LanguageModel:
             if self.bias:
                 put(f"bias_ih_l{k}", db_ih)
                 put(f"bias_hh_l{k}", db_hh)
-        g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"))
+        g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"),
+                                  threads=threads)
         if grads is None:
             g["decoder.bias"] = dZ.sum(axis=0)
         else:

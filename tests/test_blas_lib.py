@@ -5,6 +5,7 @@ OpenBLAS when it is recognisable, SciPy's ``cython_blas`` otherwise.  These test
 choice logic, the strided ``gemm`` wrapper the Numba kernels use, and that the forced SciPy
 path (32-bit integers) computes the same model as the default one.
 """
+import os
 
 import numpy as np
 import pytest
@@ -78,11 +79,33 @@ def test_thread_count_follows_threadpoolctl(which):
     assert lib.num_threads() == n
 
 
+def test_thread_count_can_be_set():
+    # fastrnn.set_num_threads puts the kernels' BLAS on one thread through this
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = _blas_lib.library()
+    if lib.num_threads() is None or lib._set_threads is None:
+        pytest.skip(f"{lib!r} cannot report or set its thread count")
+    top = lib.num_threads()
+    same = [i for i in threadpoolctl.threadpool_info()
+            if os.path.realpath(i["filepath"]) == os.path.realpath(lib.path)]
+    with threadpoolctl.threadpool_limits(limits=None):     # restores the count after
+        for n in (1, top, 1):
+            assert lib.set_num_threads(n) is True
+            assert lib.num_threads() == n
+            if same:                                       # threadpoolctl sees it too
+                info = [i for i in threadpoolctl.threadpool_info()
+                        if os.path.realpath(i["filepath"]) == os.path.realpath(lib.path)]
+                assert info[0]["num_threads"] == n
+    assert lib.num_threads() == top
+
+
 def test_thread_count_unknown_without_a_query(tmp_path):
     assert _blas_lib._thread_query(None) is None
     assert _blas_lib._thread_query(str(tmp_path / "missing.so")) is None
+    assert _blas_lib._thread_query(None, _blas_lib._THREAD_SET) is None
     lib = _blas_lib.BlasLibrary("numpy", True, None, {})
     assert lib.num_threads() is None
+    assert lib.set_num_threads(1) is False
 
 
 def test_cache_stamp_depends_on_the_library(monkeypatch):

@@ -1,8 +1,14 @@
-"""The parallel softmax cross-entropy equals the serial one bitwise, on any thread count."""
+"""Parallel kernels against their serial versions, and which way a step is threaded.
+
+The parallel softmax cross-entropy equals the serial one bitwise, on any thread count; the
+block products and the LSTM's unit-blocked recurrence equal theirs up to rounding.
+"""
 import numpy as np
 import pytest
 
-from fastrnn._kernels import common
+import fastrnn
+from fastrnn import models
+from fastrnn._kernels import blas, common
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -75,3 +81,171 @@ def test_one_numba_thread_is_serial(monkeypatch):
     calls, _ = _spy_paths(monkeypatch, numba_threads=1, blas_threads=1)
     common.softmax_xent(Z, y, mask, 1.0 / Z.shape[0])
     assert calls == ["serial"]
+
+
+# ------------------------------------------------------------ a step on Numba's threads
+# With BLAS on one thread and Numba on several (fastrnn.set_num_threads), a Numba-backend
+# step runs its products in blocks (blas.gemm_parallel) and the LSTM recurrence in blocks
+# of hidden units (lstm.parallel_lstm_layer_*).  Each must equal the serial computation up
+# to the BLAS's rounding inside a product: float64 to 1e-12, float32 to 1e-5, relative to
+# the array's scale.
+
+DTYPES = [np.float64, np.float32]
+
+
+def _close(got, want, dtype, what):
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m, k, n", [(5, 3, 17), (17, 3, 5), (1, 4, 1), (3, 0, 4), (2, 6, 2)])
+def test_gemm_parallel_equals_the_product(dtype, trans_a, trans_b, m, k, n):
+    rng = np.random.default_rng(m * 100 + n)
+    A = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    B = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    want = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B).astype(np.float64)
+    for blocks in (1, 2, 3, 40):         # more blocks than rows or columns: clamped
+        C = np.full((m, n), np.nan, dtype)
+        blas.gemm_parallel(trans_a, trans_b, A, B, bias[:0], C, blocks)
+        _close(C, want, dtype, f"blocks={blocks}")
+        C = np.full((m, n), np.nan, dtype)
+        blas.gemm_parallel(trans_a, trans_b, A, B, bias, C, blocks)
+        _close(C, want + bias, dtype, f"blocks={blocks}, bias")
+
+
+def _lstm_case(dtype, T=6, B=5, H=7, seed=3):
+    rng = np.random.default_rng(seed)
+    G = 4 * H
+    c = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    mask = np.ones((T, B))
+    mask[T // 2:, 0] = 0            # right padding
+    mask[:2, B - 1] = 0             # left padding
+    return dict(Xp=c(rng.standard_normal((T, B, G))), W_hh=c(rng.uniform(-0.6, 0.6, (G, H))),
+                b_hh=c(rng.uniform(-0.3, 0.3, G)), h0=c(rng.uniform(-0.5, 0.5, (B, H))),
+                c0=c(rng.uniform(-0.5, 0.5, (B, H))), mask=c(mask),
+                dHs=c(rng.standard_normal((T, B, H))))
+
+
+def _lstm_run(d, hard, chunks):
+    from fastrnn._kernels import lstm
+    T, B, G = d["Xp"].shape
+    H = G // 4
+    dt = d["Xp"].dtype
+    Hs, Cs = np.empty((T + 1, B, H), dt), np.empty((T + 1, B, H), dt)
+    cache, dG = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
+    dh0, dc0 = np.empty((B, H), dt), np.empty((B, H), dt)
+    fa = (d["Xp"], d["W_hh"], d["b_hh"], d["h0"], d["c0"], d["mask"], hard, Hs, Cs, cache)
+    ba = (d["W_hh"], d["mask"], hard, Hs, Cs, cache, d["dHs"], dG, dh0, dc0)
+    if chunks is None:
+        lstm.lstm_layer_forward(*fa)
+        lstm.lstm_layer_backward(*ba)
+    else:
+        lstm.parallel_lstm_layer_forward(*fa, chunks)
+        lstm.parallel_lstm_layer_backward(*ba, chunks)
+    return dict(Hs=Hs, Cs=Cs, cache=cache, dG=dG, dh0=dh0, dc0=dc0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hard", [False, True])
+def test_lstm_parallel_kernels_equal_the_serial_ones(dtype, hard):
+    d = _lstm_case(dtype)
+    want = {k: v.astype(np.float64) for k, v in _lstm_run(d, hard, None).items()}
+    assert np.all(want["dG"][4:, 0] == 0) and np.all(want["dG"][:2, -1] == 0)   # masks bite
+    for chunks in (1, 2, 3, 7, 50):       # 50 > H: clamped to one unit per block
+        got = _lstm_run(d, hard, chunks)
+        for name in want:
+            _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
+
+
+def _numba_or_skip():
+    try:
+        return fastrnn.get_backend("numba")
+    except fastrnn.backends.BackendUnavailableError as exc:  # pragma: no cover
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell):
+    """Whole models: the same loss and gradients whichever way the step is threaded
+    (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS)."""
+    _numba_or_skip()
+    cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell]
+    V, H, T, B = 1500, 24, 9, 13
+    assert T * B * V * H >= blas.PARALLEL_MIN_MACS
+    model = cls(V, H, num_layers=2, dtype=dtype, backend="numba", seed=1)
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    mask = np.ones((T, B))
+    mask[6:, 2] = 0
+    seen = []
+    real = models._step_threads
+    monkeypatch.setattr(models, "_step_threads", lambda be: 1)
+    L1, g1, h1 = model.loss_and_grad(x, y, mask=mask)
+    monkeypatch.setattr(models, "_step_threads", lambda be: seen.append(be.name) or 3)
+    L3, g3, h3 = model.loss_and_grad(x, y, mask=mask)
+    assert seen == ["numba", "numba"] and real is not models._step_threads
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert abs(L1 - L3) <= tol * abs(L1)
+    for name in g1:
+        _close(g3[name], g1[name].astype(np.float64), dtype, name)
+    for a, b in zip(np.atleast_1d(h1) if cell != "lstm" else h1,
+                    np.atleast_1d(h3) if cell != "lstm" else h3):
+        _close(b, np.asarray(a, np.float64), dtype, "hidden")
+
+
+def test_step_threads_needs_numba_threads_and_single_threaded_blas(monkeypatch):
+    import numba
+    from fastrnn._kernels import _blas_lib
+    be = _numba_or_skip()
+    cy = type("B", (), {"name": "cython"})()
+    for numba_n, blas_n, backend, want in [(2, 1, be, 2), (3, 1, be, 3), (2, 2, be, 1),
+                                           (2, None, be, 1), (1, 1, be, 1), (2, 1, cy, 1)]:
+        monkeypatch.setattr(numba, "get_num_threads", lambda n=numba_n: n)
+        monkeypatch.setattr(_blas_lib, "library", lambda n=blas_n: _Blas(n))
+        assert models._step_threads(backend) == want, (numba_n, blas_n, backend)
+
+
+def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
+    """``fastrnn.set_num_threads(2)`` puts BLAS on one thread and a step on Numba's
+    two: the LSTM's parallel kernels and the block products run."""
+    import numba
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastrnn._kernels import _blas_lib, lstm
+    be = _numba_or_skip()
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS=1)")
+    calls = []
+    for mod, name in [(lstm, "parallel_lstm_layer_forward"),
+                      (lstm, "parallel_lstm_layer_backward"), (blas, "gemm_parallel")]:
+        fn = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
+    model = fastrnn.LSTM(2000, 16, dtype=np.float64, backend="numba", seed=0)
+    x = np.arange(12 * 11).reshape(12, 11) % 2000
+    before = numba.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None):     # restores BLAS's count after
+        try:
+            fastrnn.set_num_threads(2)
+            assert _blas_lib.library().num_threads() == 1 and numba.get_num_threads() == 2
+            assert models._step_threads(be) == 2
+            L2, g2, _ = model.loss_and_grad(x, x)
+            fastrnn.set_num_threads(1)
+            assert models._step_threads(be) == 1
+        finally:
+            numba.set_num_threads(before)
+    assert {"parallel_lstm_layer_forward", "parallel_lstm_layer_backward",
+            "gemm_parallel"} <= set(calls)
+    L1, g1, _ = model.loss_and_grad(x, x)
+    assert abs(L1 - L2) <= 1e-12 * L1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10 ** 6, 1.5, "2", True, None])
+def test_set_num_threads_rejects_bad_counts(bad):
+    with pytest.raises(ValueError, match="n must be"):
+        fastrnn.set_num_threads(bad)

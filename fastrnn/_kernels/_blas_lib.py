@@ -38,20 +38,25 @@ CHOICES = ("numpy", "scipy")
 # a plain OpenBLAS).
 _THREAD_QUERY = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                  "openblas_get_num_threads64_", "openblas_get_num_threads")
+_THREAD_SET = tuple(q.replace("get_num", "set_num") for q in _THREAD_QUERY)
 
 
-def _thread_query(path):
-    """OpenBLAS's ``get_num_threads`` in the library at ``path`` (or one it links to), or None."""
+def _thread_query(path, names=_THREAD_QUERY):
+    """OpenBLAS's ``get_num_threads`` (or, with ``names=_THREAD_SET``, ``set_num_threads``)
+    in the library at ``path`` (or one it links to), or None."""
     if not path:
         return None
     try:
         lib = ctypes.CDLL(path)
     except OSError:
         return None
-    for sym in _THREAD_QUERY:
+    for sym in names:
         fn = getattr(lib, sym, None)
         if fn is not None:
-            fn.restype, fn.argtypes = ctypes.c_int, []
+            if names is _THREAD_SET:
+                fn.restype, fn.argtypes = None, [ctypes.c_int]
+            else:
+                fn.restype, fn.argtypes = ctypes.c_int, []
             return fn
     return None
 
@@ -60,16 +65,25 @@ class BlasLibrary:
     """A resolved BLAS: ``name`` (``"numpy"``/``"scipy"``), ``ilp64`` (64-bit integer
     arguments), ``path`` of the shared library, ``addr`` routine name -> address."""
 
-    __slots__ = ("name", "ilp64", "path", "addr", "_threads")
+    __slots__ = ("name", "ilp64", "path", "addr", "_threads", "_set_threads")
 
     def __init__(self, name, ilp64, path, addr):
         self.name, self.ilp64, self.path, self.addr = name, ilp64, path, addr
         self._threads = _thread_query(path)
+        self._set_threads = _thread_query(path, _THREAD_SET)
 
     def num_threads(self):
         """The library's current thread count (it follows ``threadpoolctl`` and
         ``OPENBLAS_NUM_THREADS``), or None when the library does not say."""
         return None if self._threads is None else int(self._threads())
+
+    def set_num_threads(self, n):
+        """Set the library's thread count (process-wide, as ``threadpoolctl`` does); False
+        when the library has no such call."""
+        if self._set_threads is None:
+            return False
+        self._set_threads(int(n))
+        return True
 
     def __repr__(self):
         return f"BlasLibrary(name={self.name!r}, ilp64={self.ilp64}, path={self.path!r})"

@@ -22,7 +22,7 @@ from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import llvmlite.binding as _llvm
 import numpy as np
 from numba import config as _numba_config
-from numba import njit, types
+from numba import njit, prange, types
 
 from .._config import NUMBA_OPTIONS
 from ._blas_lib import library
@@ -111,6 +111,54 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
         _sgemm(ch[0:1].ctypes, ch[1:2].ctypes, ints[0:1].ctypes, ints[1:2].ctypes,
                ints[2:3].ctypes, sc[0:1].ctypes, B.ctypes, ints[3:4].ctypes, A.ctypes,
                ints[4:5].ctypes, sc[1:2].ctypes, C.ctypes, ints[5:6].ctypes)
+
+
+# Below this many multiply-adds a product is not split (two threads' start-up and the
+# second packing of the shared operand cost more than half of it).
+PARALLEL_MIN_MACS = 1 << 22
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def gemm_parallel(trans_a, trans_b, A, B, bias, C, blocks):
+    """``C = op(A) @ op(B) + bias`` split into ``blocks`` products on Numba's threads.
+
+    ``bias`` is a vector of ``C``'s width added to every row, or of length 0 for none.
+    For the case where the caller's threads are Numba's and the BLAS runs on one thread
+    (see :func:`fastrnn.models._step_threads`).  ``C`` is cut into column blocks when it
+    is at least as wide as tall, else into row blocks; each block is one single-threaded
+    BLAS call on its slices of ``A`` or ``B`` (with the bias written into the block first
+    and ``beta = 1``: the block's rows are added to in the same pass), and the blocks share
+    no output.
+    """
+    m, n = C.shape
+    has_bias = bias.shape[0] > 0
+    beta = 1.0 if has_bias else 0.0
+    if n >= m:
+        blocks = max(1, min(blocks, n))
+        for k in prange(blocks):
+            c0 = k * n // blocks
+            c1 = (k + 1) * n // blocks
+            Ck = C[:, c0:c1]
+            if has_bias:
+                for i in range(m):
+                    Ck[i, :] = bias[c0:c1]
+            if trans_b:
+                gemm(trans_a, trans_b, 1.0, A, B[c0:c1], beta, Ck)
+            else:
+                gemm(trans_a, trans_b, 1.0, A, B[:, c0:c1], beta, Ck)
+    else:
+        blocks = max(1, min(blocks, m))
+        for k in prange(blocks):
+            r0 = k * m // blocks
+            r1 = (k + 1) * m // blocks
+            Ck = C[r0:r1]
+            if has_bias:
+                for i in range(r1 - r0):
+                    Ck[i, :] = bias
+            if trans_a:
+                gemm(trans_a, trans_b, 1.0, A[:, r0:r1], B, beta, Ck)
+            else:
+                gemm(trans_a, trans_b, 1.0, A[r0:r1], B, beta, Ck)
 
 
 if _numba_config.DISABLE_JIT:
