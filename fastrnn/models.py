@@ -125,8 +125,9 @@ def _step_threads(be):
       threads and everything else runs serially.  Running Numba's threads beside them
       does not pay: OpenBLAS's workers keep spinning for a while after each product
       (see :func:`fastrnn._kernels.common._blas_single_threaded`).
-    * BLAS on one thread (``threadpoolctl.threadpool_limits(1)``) and Numba on ``n > 1``
-      (``numba.set_num_threads``), Numba backend: Numba's ``n`` threads run the products
+    * BLAS on one thread and Numba on ``n > 1`` (:func:`fastrnn.set_num_threads`, or
+      ``threadpoolctl.threadpool_limits(1)`` with ``numba.set_num_threads(n)``), Numba
+      backend: Numba's ``n`` threads run the products
       in blocks, the softmax in row chunks and the LSTM recurrence in blocks of hidden
       units -- one pool of threads for the whole step.
 
