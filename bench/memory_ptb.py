@@ -1,6 +1,6 @@
 """Peak memory of the PTB-small LSTM training step, against the arrays it must hold.
 
-    python bench/memory_ptb.py [backend] [--sparse-embedding]
+    python bench/memory_ptb.py [backend] [--sparse-embedding] [--threads N]
 
 Runs in its own process: measures the resident set after imports (the baseline: Python,
 NumPy, Numba, SciPy), builds the model (2 x 200 LSTM, V=10000, float32), runs 5 SGD steps
@@ -9,6 +9,8 @@ the parameters, the gradients, the optimizer state (none for SGD) and the activa
 backward pass needs (embedded inputs, per-layer states, caches and projections, logits).
 With ``--sparse-embedding`` the step is the PTB benchmark's (``loss_and_grad(...,
 sparse_embedding=True)``), and the embedding's gradient counts as its ``T * B`` rows at most.
+With ``--threads N`` the step runs after ``fastrnn.set_num_threads(N)`` (the Numba backend's
+step on Numba's threads, BLAS on one).
 Prints one line of ``key=value`` pairs.
 """
 import resource
@@ -43,13 +45,15 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main(backend="numba", sparse=False):
+def main(backend="numba", sparse=False, threads=None):
     import os
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
     import fastrnn
     from fastrnn import optim
 
     V, H, L, B, T = 10000, 200, 2, 20, 20
+    if threads is not None:
+        fastrnn.set_num_threads(threads)
     tiny = fastrnn.LSTM(10, 2, num_layers=L, dtype=np.float32, backend=backend, seed=0)
     tiny.loss_and_grad(np.ones((2, 1), int), np.ones((2, 1), int))   # loads the kernels
     base = rss_mb()
@@ -83,7 +87,7 @@ def main(backend="numba", sparse=False):
     acts = (L * (T * B * H + 2 * (T + 1) * B * H + 2 * T * B * 4 * H) + T * B * V) * item / 2**20
     must = params + grads_mb + acts
     used = peak - base_blas
-    print(f"backend={backend} sparse_embedding={sparse} baseline_rss_mb={base_blas:.1f} blas_buffers_mb={base_blas - base:.1f} "
+    print(f"backend={backend} sparse_embedding={sparse} threads={threads} baseline_rss_mb={base_blas:.1f} blas_buffers_mb={base_blas - base:.1f} "
           f"peak_reset={reset_ok} peak_rss_mb={peak:.1f} "
           f"params_mb={params:.1f} grads_mb={grads_mb:.1f} "
           f"activations_mb={acts:.1f} must_hold_mb={must:.1f} peak_over_baseline_mb={used:.1f} "
@@ -93,5 +97,10 @@ def main(backend="numba", sparse=False):
 if __name__ == "__main__":
     args = sys.argv[1:]
     sparse = "--sparse-embedding" in args
+    threads = None
+    if "--threads" in args:
+        i = args.index("--threads")
+        threads = int(args[i + 1])
+        del args[i:i + 2]
     rest = [a for a in args if a != "--sparse-embedding"]
-    main(*rest, sparse=sparse)
+    main(*rest, sparse=sparse, threads=threads)

@@ -295,3 +295,21 @@ def test_ptb_processes_script_runs():
             assert f"{impl:10s} {threads} thread(s): median of medians" in out, out
     if POOL:
         assert "numba-pool 2 thread(s)" in out and "2 threads vs 1:" in out, out
+
+
+@pytest.mark.parametrize("args", [["numba", "--sparse-embedding"],
+                                  ["numba", "--sparse-embedding", "--threads", "2"]])
+def test_memory_script_runs(args):
+    """``bench/memory_ptb.py`` (peak memory of the PTB step) runs and reports its ratio."""
+    import os
+    import subprocess
+    import sys
+    if "numba" not in BACKENDS:
+        pytest.skip("the Numba backend is not available")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "memory_ptb.py")
+    out = subprocess.run([sys.executable, path] + args, capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    fields = dict(kv.split("=", 1) for kv in out.split())
+    assert fields["backend"] == "numba" and fields["sparse_embedding"] == "True"
+    assert fields["threads"] == (args[-1] if "--threads" in args else "None")
+    assert float(fields["must_hold_mb"]) > 0 and float(fields["ratio"]) > 1.0, out
