@@ -23,7 +23,7 @@ from .blas import gemm
 from .common import gate_grad, gate_row, signatures, tanh_row
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _forward_units(a, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc, ib):
     """One forward step of hidden units ``j0:j1``, every sequence.
 
@@ -61,7 +61,7 @@ def _forward_units(a, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, c
                 hout[b, j] = hp[b, j]
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib):
     """Gate gradients ``g4 (B, 4H)`` of hidden units ``j0:j1`` at one step, every
     sequence; adds the step's ``dHt`` into ``dh`` and moves ``dc`` one step back, for those
@@ -95,7 +95,7 @@ def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib
             dc[b, j] = dct * f
 
 
-@njit(**NUMBA_OPTIONS)
+@njit(inline="always", **NUMBA_OPTIONS)
 def _carry_units(tmp, dh, mk, j0, j1):
     """``dh`` of units ``j0:j1`` after the step's ``tmp = dG W_hh``: replaced where the
     step was real, kept (plus ``tmp``, which is 0 there) where the state was held."""
