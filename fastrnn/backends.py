@@ -160,8 +160,8 @@ def set_num_threads(n):
     blocks of hidden units.  Left at their defaults (BLAS on every core), BLAS threads the
     products and the rest of the step runs serially, because OpenBLAS's workers keep
     spinning for a while after each product and slow any other threads started then.
-    On the 2-core machine of the README the first way made the PTB-small LSTM step
-    faster (the README's speed section has the numbers).
+    On the 2-core machine of the README, Numba's pool made the PTB-small LSTM step faster
+    on two threads than BLAS's threads did (the README's speed section has the numbers).
 
     The Cython backend's kernels are serial: with it, keep BLAS multi-threaded instead.
     ``set_num_threads(1)`` makes everything serial.
