@@ -53,9 +53,9 @@ def _thread_query(path, names=_THREAD_QUERY):
     for sym in names:
         fn = getattr(lib, sym, None)
         if fn is not None:
-            if names is _THREAD_SET:
+            if "set_num_threads" in sym:         # void f(int)
                 fn.restype, fn.argtypes = None, [ctypes.c_int]
-            else:
+            else:                                # int f(void)
                 fn.restype, fn.argtypes = ctypes.c_int, []
             return fn
     return None
