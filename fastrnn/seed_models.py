@@ -27,10 +27,20 @@ import numpy as np
 from . import _validate
 from .backends import get_backend
 from .models import _kernel, stack_backward, stack_forward
+from .reference import gru as _reference_gru
 
 _THEANO_PARAMS = ("E", "U", "W", "V", "b", "c")
 
 __all__ = ["GRUTheano", "RNNKeras", "char_windows", "sample"]
+
+
+def _fusable(p, m):
+    """Whether the backend's one-pass RMSprop kernel may update ``p`` and its cache ``m``
+    in place: both C-contiguous (a flat view of each is the array itself) and apart in
+    memory.  Otherwise the NumPy rule runs on the arrays as they are, with the same
+    result bit for bit when they are apart."""
+    return (p.flags.c_contiguous and m.flags.c_contiguous
+            and not np.may_share_memory(p, m))
 
 
 def _softmax_rows(Z):
@@ -234,7 +244,10 @@ class GRUTheano:
         xa, ya = self._pair(x, y)
         return self._grads(xa, ya)[1]
 
-    def _grads(self, xa, ya):
+    def _grads(self, xa, ya, dense_E=True):
+        """Loss and gradients ``[dE, dU, dW, db, dV, dc]``; with ``dense_E=False`` the
+        first is ``(cols, G)``: the distinct words ``cols`` of ``xa`` and ``G[i]``, the
+        gradient of column ``cols[i]`` of ``E`` (every other column's is zero)."""
         T = len(xa)
         H = self.hidden_dim
         h0 = self._h0()
@@ -252,8 +265,14 @@ class GRUTheano:
         dc = dZ.sum(axis=0)
         dTop = (dZ @ self.V).reshape(T, 1, H)
         lg, dX0, _, _ = stack_backward(self._be, "gru", self._flags, layers, caches, mask, dTop)
-        dE = np.zeros_like(self.E)
-        np.add.at(dE.T, xa, dX0.reshape(T, H))
+        if dense_E:
+            dE = np.zeros_like(self.E)
+            np.add.at(dE.T, xa, dX0.reshape(T, H))
+        else:   # the same sums in the same order, over the distinct words only
+            cols, inv = np.unique(xa, return_inverse=True)
+            G = np.zeros((len(cols), H), self.E.dtype)
+            np.add.at(G, inv.reshape(-1), dX0.reshape(T, H))
+            dE = (cols.astype(np.intp, copy=False), G)
         dU = np.empty_like(self.U)
         dW = np.empty_like(self.W)
         db = np.empty_like(self.b)
@@ -270,20 +289,32 @@ class GRUTheano:
 
         ``m = decay * m + (1 - decay) * g**2;  P -= learning_rate * g / sqrt(m + 1e-6)``
         (the tutorial's rule, equal to ``fastrnn.optim.RMSprop(rho=decay, eps=1e-6,
-        eps_inside_sqrt=True)``).
+        eps_inside_sqrt=True)``).  The compiled backends apply it in one pass over each
+        array (``gru_rmsprop``), and to ``E`` only in the columns of the sentence's words,
+        while every element of ``mE`` decays (``gru_rmsprop_columns``); the results equal
+        the NumPy expression above, with the dense ``dE``, bit for bit.
         """
         lr = _validate.finite_scalar(learning_rate, "learning_rate")
         decay = _validate.finite_scalar(decay, "decay")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         xa, ya = self._pair(x, y, caches=True)
-        loss, grads = self._grads(xa, ya)
+        loss, grads = self._grads(xa, ya, dense_E=False)
+        coef = np.array([decay, 1.0 - decay, lr, 1e-6], self.E.dtype)
         for name, g in zip(("E", "U", "W", "b", "V", "c"), grads):
             p = getattr(self, name)
             m = getattr(self, "m" + name)
-            m *= decay
-            m += (1.0 - decay) * g * g
-            p -= lr * g / np.sqrt(m + 1e-6)
+            if name == "E":
+                cols, G = g
+                if _fusable(p, m):
+                    self._be.gru_rmsprop_columns(p, m, cols, G, coef)
+                else:
+                    _reference_gru.gru_rmsprop_columns(p, m, cols, G, coef)
+            elif _fusable(p, m):
+                self._be.gru_rmsprop(p.reshape(-1), m.reshape(-1),
+                                     np.ascontiguousarray(g).reshape(-1), coef)
+            else:
+                _reference_gru.gru_rmsprop(p, m, g, coef)
         return loss
 
     def calculate_total_loss(self, X, Y):

@@ -459,3 +459,108 @@ def test_keras_set_weights_casts_before_the_finiteness_check():
     w[3][1, 2] = 0.5
     m.set_weights(w)
     assert m.get_weights()[3][1, 2] == np.float32(0.5)
+
+
+# ------------------------------------------------------- GRUTheano's one-pass RMSprop update
+
+def all_backends():
+    return [n for n, ok in fastrnn.available_backends().items() if ok is True]
+
+
+def _numpy_rule(p, m, g, lr, decay):
+    """The tutorial's update as GRUTheano.sgd_step writes it in NumPy, on copies."""
+    p, m = p.copy(), m.copy()
+    m *= decay
+    m += (1.0 - decay) * g * g
+    p -= lr * g / np.sqrt(m + 1e-6)
+    return p, m
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", all_backends())
+def test_gru_rmsprop_kernels_equal_the_numpy_rule_bitwise(backend, dtype):
+    be = fastrnn.get_backend(backend)
+    rng = np.random.default_rng(7)
+    lr, decay = 0.005, 0.9
+    coef = np.array([decay, 1.0 - decay, lr, 1e-6], dtype)
+    n = 1003
+    p = rng.standard_normal(n).astype(dtype)
+    m = (rng.random(n) * 1e-5).astype(dtype)
+    m[:5] = 0.0                                   # a fresh cache
+    g = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 2, n)).astype(dtype)
+    g[5:9] = 0.0
+    want_p, want_m = _numpy_rule(p, m, g, lr, decay)
+    be.gru_rmsprop(p, m, g, coef)
+    np.testing.assert_array_equal(p, want_p)
+    np.testing.assert_array_equal(m, want_m)
+
+    R, C = 6, 41
+    for cols in ([], [0], [40, 3, 0, 17], list(range(C))):
+        P = rng.standard_normal((R, C)).astype(dtype)
+        M = (rng.random((R, C)) * 1e-5).astype(dtype)
+        G = (rng.standard_normal((len(cols), R)) * 1e-3).astype(dtype)
+        dense = np.zeros((R, C), dtype)
+        dense[:, cols] = G.T
+        want_p, want_m = _numpy_rule(P, M, dense, lr, decay)
+        be.gru_rmsprop_columns(P, M, np.array(cols, np.intp), G, coef)
+        np.testing.assert_array_equal(P, want_p, err_msg=f"cols={cols}")
+        np.testing.assert_array_equal(M, want_m, err_msg=f"cols={cols}")
+
+
+def _theano_step_case(backend, dtype, order="C"):
+    np.random.seed(5)
+    m = GRUTheano(40, 6, backend=backend, dtype=dtype)
+    rng = np.random.default_rng(5)
+    for n in "E U W V b c".split():
+        a = getattr(m, n)
+        a[...] = rng.uniform(-1.0, 1.0, a.shape)
+        setattr(m, n, np.asarray(a, order=order))
+        setattr(m, "m" + n, np.asarray(rng.random(a.shape) * 1e-3, dtype=dtype, order=order))
+    x = [3, 7, 3, 0, 39, 7, 7, 12]                    # repeated words: their columns sum
+    y = [7, 3, 0, 39, 7, 7, 12, 1]
+    return m, x, y
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", all_backends())
+def test_theano_sgd_step_equals_the_numpy_rule_on_the_dense_gradients(monkeypatch, backend,
+                                                                       dtype, order):
+    """Two steps: every parameter and cache equals the NumPy rule applied to ``bptt``'s
+    dense gradients, bit for bit, on the kernels' path (C order; spied) and on the NumPy
+    fallback for arrays a flat view cannot update in place (Fortran order)."""
+    m, x, y = _theano_step_case(backend, dtype, order)
+    names = "E U W b V c".split()
+    be = m._be
+    calls = []
+    for k in ("gru_rmsprop", "gru_rmsprop_columns"):
+        fn = getattr(be, k)
+        monkeypatch.setattr(be, k, lambda *a, _fn=fn, _k=k: calls.append(_k) or _fn(*a))
+    for _ in range(2):
+        grads = dict(zip(names, m.bptt(x, y)))
+        want = {n: _numpy_rule(getattr(m, n), getattr(m, "m" + n), grads[n], 0.01, 0.8)
+                for n in names}
+        m.sgd_step(x, y, 0.01, decay=0.8)
+        for n in names:
+            np.testing.assert_array_equal(getattr(m, n), want[n][0], err_msg=n)
+            np.testing.assert_array_equal(getattr(m, "m" + n), want[n][1], err_msg="m" + n)
+            assert getattr(m, n).dtype == dtype
+    if order == "C":
+        assert calls.count("gru_rmsprop_columns") == 2 and calls.count("gru_rmsprop") == 10
+    else:                    # E, U, W, b, V are not C-contiguous; c (1-D) still is
+        assert calls == ["gru_rmsprop"] * 2
+
+
+def test_theano_sgd_step_with_a_cache_sharing_its_parameter_takes_the_numpy_rule():
+    m, x, y = _theano_step_case("numba" if "numba" in all_backends() else "numpy",
+                                np.float64)
+    np.abs(m.c, out=m.c)
+    m.mc = m.c                           # a user's aliasing: the NumPy rule's semantics
+    c = m.c.copy()
+    g = m.bptt(x, y)[5]
+    m.sgd_step(x, y, 0.01)
+    c *= 0.9                             # the rule with m and p one array
+    c += (1.0 - 0.9) * g * g
+    c -= 0.01 * g / np.sqrt(c + 1e-6)
+    assert np.isfinite(c).all()
+    np.testing.assert_array_equal(m.c, c)

@@ -80,7 +80,7 @@ differs from ``_rnn_cy``'s, see the comment in the C block below).
 import numpy as np
 
 from cython cimport floating
-from libc.math cimport exp, log, tanh
+from libc.math cimport exp, log, sqrt, tanh
 from libc.string cimport memcpy, memmove, memset
 
 include "_shared.pxi"   # _gemm, _exp_shift, _sum, _exp_sum, _rowmax, FASTRNN_VEC (shared)
@@ -796,3 +796,53 @@ def rnn_log_softmax(const floating[:, ::1] Z, floating[:, ::1] out):
             ls = <floating>log(s)
             for j in range(Vn):
                 orow[j] = (zr[j] - m) - ls
+
+
+# ---------------------------------------------------------------------------------------
+# The GRU tutorial's RMSprop update (eps inside the square root)
+# ---------------------------------------------------------------------------------------
+# The rule, its order of roundings and coef = [rho, 1 - rho, lr, eps] (the parameters'
+# dtype) are those of fastrnn.reference.gru.gru_rmsprop; the results equal it bit for bit.
+# Every operation stays in the parameters' dtype: ``sqrt`` is the double one, and the
+# square root of a float rounded to float is the correctly rounded float square root.
+
+cdef inline void _rms_step(floating *p, floating *m, floating decayed, floating g,
+                           floating omr, floating lr, floating eps) noexcept nogil:
+    """``m = decayed + (1 - rho) g**2`` (``decayed`` is ``m * rho``), then ``p``'s step."""
+    cdef floating mm = decayed + omr * g * g
+    cdef floating s = <floating>sqrt(<double>(mm + eps))
+    m[0] = mm
+    p[0] = p[0] - lr * g / s
+
+
+def gru_rmsprop(floating[::1] P, floating[::1] M, const floating[::1] G,
+                const floating[::1] coef):
+    """See :func:`fastrnn.reference.gru.gru_rmsprop`."""
+    cdef Py_ssize_t n = P.shape[0], i
+    cdef floating rho, omr, lr, eps
+    _expect("M", (M.shape[0],), (n,))
+    _expect("G", (G.shape[0],), (n,))
+    _expect("coef", (coef.shape[0],), (4,))
+    rho, omr, lr, eps = coef[0], coef[1], coef[2], coef[3]
+    with nogil:
+        for i in range(n):
+            _rms_step(&P[i], &M[i], M[i] * rho, G[i], omr, lr, eps)
+
+
+def gru_rmsprop_columns(floating[:, ::1] P, floating[:, ::1] M, const Py_ssize_t[::1] cols,
+                        const floating[:, ::1] G, const floating[::1] coef):
+    """See :func:`fastrnn.reference.gru.gru_rmsprop_columns` (``cols`` distinct and in
+    range: checked by the caller)."""
+    cdef Py_ssize_t R = P.shape[0], C = P.shape[1], n = cols.shape[0], r, c, i
+    cdef floating rho, omr, lr, eps
+    _expect("M", (M.shape[0], M.shape[1]), (R, C))
+    _expect("G", (G.shape[0], G.shape[1]), (n, R))
+    _expect("coef", (coef.shape[0],), (4,))
+    rho, omr, lr, eps = coef[0], coef[1], coef[2], coef[3]
+    with nogil:
+        for r in range(R):
+            for c in range(C):
+                M[r, c] = M[r, c] * rho
+            for i in range(n):       # their m is decayed already
+                c = cols[i]
+                _rms_step(&P[r, c], &M[r, c], M[r, c], G[i, r], omr, lr, eps)

@@ -116,3 +116,38 @@ def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx,
             dprev = dprev + dgh_n @ W_n
         dh = dprev + np.where(m, 0.0, dh)
     dh0[...] = dh
+
+
+# ------------------------------------------------------------------ the tutorial's update
+# RMSprop with eps inside the square root, as the GRU tutorial's Theano code updates its
+# parameters (``GRUTheano.sgd_step``):
+#
+#     m = rho * m + (1 - rho) * g**2;     p -= lr * g / sqrt(m + eps)
+#
+# ``coef`` is the array ``[rho, 1 - rho, lr, eps]`` in the parameters' dtype, so float32
+# parameters are updated in float32 arithmetic, as NumPy does with Python-float scalars.
+# Each operation is rounded once, in this order; the compiled kernels follow it exactly,
+# so their results equal these bit for bit.
+
+def gru_rmsprop(P, M, G, coef):
+    """Update ``P`` and its mean square ``M`` in place with the gradient ``G`` (1-D, one
+    length)."""
+    rho, one_minus_rho, lr, eps = coef
+    M *= rho
+    M += one_minus_rho * G * G
+    P -= lr * G / np.sqrt(M + eps)
+
+
+def gru_rmsprop_columns(P, M, cols, G, coef):
+    """The update of :func:`gru_rmsprop` for a 2-D ``P (R, C)`` whose gradient is zero
+    outside the columns ``cols`` (distinct): ``G (len(cols), R)`` holds the gradient of
+    column ``cols[i]`` in row ``i``.  Every element of ``M`` decays; ``P`` changes only in
+    those columns.  Equal, bit for bit, to the dense update with the scattered gradient
+    (where it is zero, ``m * rho + 0`` is ``m * rho`` and ``p - 0`` is ``p``).
+    """
+    rho, one_minus_rho, lr, eps = coef
+    M *= rho
+    for i, c in enumerate(cols):
+        g = G[i]
+        M[:, c] += one_minus_rho * g * g
+        P[:, c] -= lr * g / np.sqrt(M[:, c] + eps)
