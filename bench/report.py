@@ -9,7 +9,10 @@ over the NumPy reference (``numpy``), against each peer present in the group
 products alone at the same shapes, measured in the same run): 1.00 would mean everything
 besides the GEMMs is free.  Ratios use medians; the minimum is printed beside the median
 because on a shared machine a burst of load during one implementation's rounds moves its median
-(the minimum is what the code does when it has the core to itself).
+(the minimum is what the code does when it has the core to itself).  ``roof`` is GFLOP/s as a
+fraction of the square matrix product's on one thread in the same run and dtype
+(``bench/test_bench_peak.py``, group ``peak-gemm``): the share of the core's reachable
+peak that the step's arithmetic runs at.
 """
 import json
 import os
@@ -26,13 +29,39 @@ def run_suite(path, extra=()):
     subprocess.run(cmd, check=True)
 
 
+def _dtype(group, rows):
+    for r in rows:
+        if r["extra_info"].get("dtype"):
+            return r["extra_info"]["dtype"]
+    for dt in ("float32", "float64"):
+        if dt in group:
+            return dt
+    return None
+
+
+def peaks(groups):
+    """``{dtype: GFLOP/s}`` of the square product (median time), if it was run."""
+    out = {}
+    for r in groups.get("peak-gemm", []):
+        info = r["extra_info"]
+        out[info["dtype"]] = info["flops"] / r["stats"]["median"] / 1e9
+    return out
+
+
 def table(data):
     groups = {}
     for b in data["benchmarks"]:
         groups.setdefault(b["group"] or "", []).append(b)
+    roof = peaks(groups)
     lines = []
+    if roof:
+        lines.append("\n[roof] square GEMM n=1024, one thread: "
+                     + ", ".join(f"{dt} {gf:.1f} GFLOP/s" for dt, gf in sorted(roof.items())))
     for name in sorted(groups):
         rows = groups[name]
+        if name == "peak-gemm":
+            continue
+        peak = roof.get(_dtype(name, rows))
         by_impl = {r["extra_info"].get("impl", r["name"]): r for r in rows}
         if name == "compile":
             for r in rows:
@@ -59,19 +88,20 @@ def table(data):
         peers = [p for p in ("torch", "jax", "pytensor") if p in med]
         lines.append(f"\n[{name}]")
         lines.append(f"{'impl':<12}{'median ms':>11}{'min ms':>9}{'tokens/s':>12}{'GFLOP/s':>9}"
-                     f"{'x seed':>9}{'x numpy':>9}{'blas/t':>8}"
+                     f"{'roof':>6}{'x seed':>9}{'x numpy':>9}{'blas/t':>8}"
                      + "".join(f"{'x ' + p:>11}" for p in peers))
         for impl, r in sorted(by_impl.items(), key=lambda kv: -kv[1]["stats"]["median"]):
             t = med[impl]
             info = r["extra_info"]
             tok = info.get("tokens", 0) / t if t else float("nan")
             gf = info.get("flops", 0) / t / 1e9 if t else float("nan")
+            rf = f"{gf / peak:6.2f}" if peak and info.get("flops") else f"{'-':>6}"
             xs = f"{seed / t:9.1f}" if seed else f"{'-':>9}"
             xn = f"{ref / t:9.1f}" if ref else f"{'-':>9}"
             fr = f"{blas / t:8.2f}" if blas else f"{'-':>8}"
             xp = "".join(f"{med[p] / t:11.2f}" for p in peers)
             tmin = r["stats"]["min"]
-            lines.append(f"{impl:<12}{t * 1e3:11.3f}{tmin * 1e3:9.3f}{tok:12.0f}{gf:9.1f}{xs}{xn}"
+            lines.append(f"{impl:<12}{t * 1e3:11.3f}{tmin * 1e3:9.3f}{tok:12.0f}{gf:9.1f}{rf}{xs}{xn}"
                          f"{fr}{xp}")
     return "\n".join(lines)
 
