@@ -67,7 +67,7 @@ _TORCH_CLASS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 
 class _Layer:
     """Forward cache of one layer: inputs, states and the kernel's gate cache."""
-    __slots__ = ("inp", "Hs", "Cs", "cache")
+    __slots__ = ("inp", "ids", "Hs", "Cs", "cache")
 
 
 def _kernel(be, name):
@@ -148,7 +148,7 @@ def _kernels_blas():
     return library().name
 
 
-def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None):
+def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_ids=None):
     """Run a stack of recurrent layers forward over a whole (padded) batch.
 
     Parameters
@@ -167,6 +167,13 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None):
         1 for real steps, 0 for padding (state held).
     threads : int, optional
         :func:`_step_threads`'s answer, if the caller has it.
+    X0_ids : ndarray of intp, shape (T, B), optional
+        Given when every input vector ``X0[t, b]`` is one-hot, at ``X0_ids[t, b]`` (the
+        caller derives it from ``X0``; checked here for shape and range only).  The first
+        layer's product ``X0 W_ihᵀ`` is then a gather of columns of ``W_ih``, bit for bit
+        the product's value (each sum is one exact product and zeros), and the backward
+        pass sums ``dW_ih``'s columns from the rows of the gate gradients
+        (:func:`stack_backward`).
 
     Returns
     -------
@@ -178,16 +185,25 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None):
         threads = _step_threads(be)
     T, B = X0.shape[:2]
     dt = X0.dtype
+    if X0_ids is not None:
+        _check_ids(X0_ids, (T, B), X0.shape[2])
     out = []
     inp = X0
     for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(layers):
         G, H = W_hh.shape
-        Xp = _mm(be, inp.reshape(T * B, -1), W_ih, trans_b=True, threads=threads, bias=b_ih)
-        Xp = Xp.reshape(T, B, G)
+        if k == 0 and X0_ids is not None:
+            Xp = np.ascontiguousarray(W_ih.T)[X0_ids]           # (T, B, G)
+            if b_ih is not None:
+                Xp += b_ih
+        else:
+            Xp = _mm(be, inp.reshape(T * B, -1), W_ih, trans_b=True, threads=threads,
+                     bias=b_ih)
+            Xp = Xp.reshape(T, B, G)
         if b_hh is None:
             b_hh = np.zeros(G, dt)
         lay = _Layer()
         lay.inp = inp
+        lay.ids = X0_ids if k == 0 else None
         lay.Hs = np.empty((T + 1, B, H), dt)
         lay.Cs = None
         lay.cache = None
@@ -273,7 +289,13 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
         gh = dGh.reshape(T * B, G)
         inp = lay.inp.reshape(T * B, -1)
         hprev = lay.Hs[:T].reshape(T * B, H)
-        dW_ih = _mm(be, gx, inp, trans_a=True, threads=threads)
+        if lay.ids is not None:        # one-hot input: column v sums the rows at id v
+            cols, sums = _embedding_rows(lay.ids, dGx)
+            dW_ihT = np.zeros((W_ih.shape[1], G), dt)
+            dW_ihT[cols] = sums
+            dW_ih = np.ascontiguousarray(dW_ihT.T)
+        else:
+            dW_ih = _mm(be, gx, inp, trans_a=True, threads=threads)
         if cell == "gru" and not flags["reset_after"]:
             # the n rows of W_hh act on r * h_{t-1}, cached by the kernel
             dW_hh = np.empty_like(W_hh)
@@ -308,6 +330,18 @@ def _embedding_rows(xa, dX):
 
 
 # ----------------------------------------------------------------------------- validation
+
+def _check_ids(ids, shape, size):
+    """``ids`` must be a C-contiguous intp array of ``shape`` with values in ``[0, size)``."""
+    if not isinstance(ids, np.ndarray) or ids.dtype != np.intp or ids.shape != shape \
+            or not ids.flags.c_contiguous:
+        raise ValueError(f"X0_ids must be a C-contiguous intp array of shape {shape}, got "
+                         f"{getattr(ids, 'dtype', type(ids).__name__)} "
+                         f"{getattr(ids, 'shape', '')}")
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"X0_ids must lie in [0, {size}), got values in "
+                         f"[{ids.min()}, {ids.max()}]")
+
 
 def _check_array(a, name, shape, dtype):
     """``a`` must be a C-contiguous ndarray of exactly ``dtype`` and ``shape`` (no values read).

@@ -43,6 +43,22 @@ def _fusable(p, m):
             and not np.may_share_memory(p, m))
 
 
+def _one_hot_ids(X):
+    """The index of the 1 in every vector ``X[..., :]`` when each is one-hot (one entry
+    exactly 1, the rest 0), as a C-contiguous intp array of ``X.shape[:-1]``; else None.
+
+    The seed's character windows are one-hot: the first layer's input product is then a
+    gather (:func:`fastrnn.models.stack_forward`'s ``X0_ids``).  One pass over ``X``.
+    """
+    nonzero = X != 0
+    if X.shape[-1] == 0 or not (nonzero.sum(axis=-1) == 1).all():
+        return None
+    ids = np.ascontiguousarray(nonzero.argmax(axis=-1), dtype=np.intp)
+    if not (np.take_along_axis(X, ids[..., None], axis=-1) == 1).all():
+        return None
+    return ids
+
+
 def _softmax_rows(Z):
     Z = Z - Z.max(axis=1, keepdims=True)
     np.exp(Z, out=Z)
@@ -494,7 +510,8 @@ class RNNKeras:
         zeros = np.zeros((1, N, H), self.dtype)
         mask = np.ones((L, N), self.dtype)
         layers = [(p["weight_ih_l0"], p["weight_hh_l0"], p["bias_l0"], None)]
-        caches = stack_forward(self._be, "lstm", self._flags, layers, X0, zeros, zeros.copy(), mask)
+        caches = stack_forward(self._be, "lstm", self._flags, layers, X0, zeros, zeros.copy(),
+                               mask, X0_ids=_one_hot_ids(X0))
         hL = caches[0].Hs[L]
         Z = hL @ p["dense.weight"].T + p["dense.bias"]
         return layers, caches, mask, hL, Z

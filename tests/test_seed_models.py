@@ -564,3 +564,79 @@ def test_theano_sgd_step_with_a_cache_sharing_its_parameter_takes_the_numpy_rule
     c -= 0.01 * g / np.sqrt(c + 1e-6)
     assert np.isfinite(c).all()
     np.testing.assert_array_equal(m.c, c)
+
+
+# ------------------------------------------------- RNNKeras: one-hot windows as a gather
+
+def test_one_hot_ids():
+    from fastrnn.seed_models import _one_hot_ids
+    X = np.zeros((2, 3, 4))
+    X[0, :, 1] = 1
+    X[1, :, 3] = 1
+    X[1, 2, 3], X[1, 2, 0] = 0, 1
+    np.testing.assert_array_equal(_one_hot_ids(X), [[1, 1, 1], [3, 3, 0]])
+    assert _one_hot_ids(X.astype(bool)).dtype == np.intp
+    for where, value in (((0, 0, 2), 1.0), ((0, 0, 1), 0.5), ((1, 1, 3), 2.0)):
+        Y = X.copy()                           # a second 1; a 0.5 for the 1; a 2 for the 1
+        Y[where] = value
+        assert _one_hot_ids(Y) is None, (where, value)
+    Y = X.copy()
+    Y[0, 1] = 0                                                   # an all-zero vector
+    assert _one_hot_ids(Y) is None
+    assert _one_hot_ids(np.zeros((2, 3, 0))) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", all_backends())
+def test_keras_one_hot_gather_equals_the_input_product(monkeypatch, backend, dtype):
+    """One-hot windows skip the first product: the loss and every gradient but
+    ``weight_ih_l0``'s are bitwise those of the product path; that one is summed in
+    another order."""
+    from fastrnn import seed_models
+    m, X, y, _ = keras_case(backend)
+    if dtype == np.float32:
+        w = m.get_weights()
+        m = RNNKeras(5, X.shape[2], 4, backend=backend, dtype=np.float32, seed=0)
+        m.set_weights(w)
+    assert seed_models._one_hot_ids(m._inputs(X)) is not None
+    L1, g1 = m.loss_and_grad(X, y)
+    p1 = m.predict_proba(X)
+    monkeypatch.setattr(seed_models, "_one_hot_ids", lambda X: None)
+    L2, g2 = m.loss_and_grad(X, y)
+    assert L1 == L2
+    np.testing.assert_array_equal(p1, m.predict_proba(X))
+    for k in g1:
+        if k == "weight_ih_l0":
+            tol = 1e-5 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(g1[k], g2[k], rtol=tol, atol=tol * np.abs(g2[k]).max())
+            assert (g1[k] != 0).any()
+        else:
+            np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+
+
+def test_keras_inputs_that_are_not_one_hot_take_the_product():
+    m, X, y, _ = keras_case("numpy")
+    Xs = X.astype(float) * 0.75
+    Xs[:, :, 0] += 0.25                                # every vector now has two entries
+    w = m.get_weights()
+    L, _ = m.loss_and_grad(Xs, y)
+    assert L == pytest.approx(keras_loss(w, Xs, y, False), rel=1e-12)
+
+
+def test_stack_forward_checks_the_one_hot_ids():
+    from fastrnn import models
+    be = fastrnn.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 5, 4
+    layers = [(rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H)), None, None)]
+    X0 = np.zeros((T, B, I))
+    z = np.zeros((1, B, H))
+    mask = np.ones((T, B))
+    ids = np.zeros((T, B), np.intp)
+    for bad, msg in ((ids.astype(np.int32), "intp array of shape"),
+                     (ids[:2], r"shape \(3, 2\)"),
+                     (ids + 5, r"must lie in \[0, 5\), got values in \[5, 5\]"),
+                     (ids - 1, r"got values in \[-1, -1\]")):
+        with pytest.raises(ValueError, match=msg):
+            models.stack_forward(be, "lstm", {"hard_gates": False}, layers, X0, z, z.copy(),
+                                 mask, X0_ids=bad)
