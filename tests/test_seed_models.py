@@ -640,3 +640,20 @@ def test_stack_forward_checks_the_one_hot_ids():
         with pytest.raises(ValueError, match=msg):
             models.stack_forward(be, "lstm", {"hard_gates": False}, layers, X0, z, z.copy(),
                                  mask, X0_ids=bad)
+
+
+@pytest.mark.parametrize("size, n", [(57, 5120), (1000, 700), (3, 0)])
+def test_one_hot_weight_grad_is_the_product(size, n):
+    """Both ways of summing (a group at a time for up to 256 distinct ids, ``reduceat``
+    past that) against ``gxᵀ X`` with the one-hot ``X``."""
+    from fastrnn.models import _one_hot_weight_grad
+    rng = np.random.default_rng(size)
+    ids = rng.integers(0, size, n).astype(np.intp)
+    gx = rng.standard_normal((n, 9))
+    X = np.zeros((n, size))
+    X[np.arange(n), ids] = 1.0
+    got = _one_hot_weight_grad(ids, gx, size)
+    assert got.shape == (9, size) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, gx.T @ X, rtol=1e-12, atol=1e-12)
+    if n:
+        assert (len(np.unique(ids)) > 256) == (size > 256)      # both branches are taken
