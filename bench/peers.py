@@ -8,14 +8,10 @@ cross-entropy, which the suite compares with fastrnn's before timing anything.  
 on one thread, like the rest of the suite.  A missing peer raises ImportError, and the
 benchmark skips with that reason.
 """
-import os
-
 import numpy as np
 
+import xla_threads  # noqa: F401  -- one XLA thread for JAX, set before jax is imported
 from cases import TIMING_LR
-
-# One intra-op thread for XLA (JAX); must be set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 def torch_peer(p):

@@ -9,18 +9,24 @@ Here each (implementation, threads) pair runs in a fresh interpreter: two warm-u
 then ``--steps`` timed steps; the pairs are run in turn ``--rounds`` times, so a burst of
 load on the shared machine falls on several of them rather than on one.  Prints every
 process's median and minimum, then per pair the median of the medians and the minimum of
-the minima, and the ratios (PyTorch's time / fastrnn's; one thread / two threads).
+the minima, and the ratios (``x torch``, ``x jax``: the peer's time / this row's; one
+thread / two threads).
 
 ``numba-pool`` is the Numba backend after ``fastrnn.set_num_threads(n)``: BLAS on one thread
 and the whole step on Numba's ``n`` threads (its "vs 1 thread" ratio is against ``numba``);
 ``numba`` and ``cython`` with ``n`` threads leave BLAS on ``n`` and the rest serial.
 
-The step is the benchmark's: SGD on a row-sparse embedding gradient on both sides
-(``sparse_embedding=True``, ``nn.Embedding(sparse=True)``), and PyTorch's loss must equal
-fastrnn's on the same weights before it is timed.  PyTorch's rows are left out when it is
-not installed.
+``jax`` is ``peers_models.jax_ptb`` (jit + ``lax.scan``); its process puts XLA on ``n``
+threads (``xla_threads.xla_thread_env``) before JAX is imported.  JAX reads its thread
+count only when it starts, which is why the pytest run times it on one thread only.
+
+The step is the benchmark's: SGD on a row-sparse embedding gradient everywhere
+(``sparse_embedding=True``, ``nn.Embedding(sparse=True)``, JAX's gradient with respect to
+the rows looked up), and each peer's loss must equal fastrnn's on the same weights before
+it is timed.  A peer's rows are left out when it is not installed.
 """
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -28,24 +34,33 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS = ("torch", "jax")
 
 
 def child(impl, threads, steps):
     sys.path.insert(0, os.path.join(HERE, os.pardir))
     sys.path.insert(0, HERE)
+    import xla_threads
+    if impl == "jax":
+        os.environ.update(xla_threads.xla_thread_env(threads))   # before JAX starts
     import numpy as np
 
     import fastrnn
+    from peers_models import jax_ptb
     from test_bench_models import PTB, _ptb_batch, _ptb_fastrnn, _ptb_torch, _threads
 
-    if impl == "torch":
+    if impl in PEERS:
         # the weights come from a NumPy-reference model: no Numba threads in this process
         model = fastrnn.LSTM(PTB["V"], PTB["H"], num_layers=PTB["L"], dtype=np.float32,
                              backend="numpy", seed=0)
         x, y = _ptb_batch()
         want = model.loss(x, y)[0]
-        step, loss = _ptb_torch(model, threads)
-        assert abs(loss() - want) <= 1e-4 * abs(want), (loss(), want)
+        if impl == "torch":
+            step, loss = _ptb_torch(model, threads)
+        else:
+            assert xla_threads.jax_threads() == threads
+            step, loss = jax_ptb(model.to_torch_state_dict(tensors=False), x, y)
+        assert abs(loss() - want) <= 1e-4 * abs(want), (impl, loss(), want)
         ctx = None
     else:
         _, step, _ = _ptb_fastrnn("numba" if impl == "numba-pool" else impl)
@@ -79,11 +94,11 @@ def main():
     impls = [n for n, ok in fastrnn.available_backends().items() if ok is True and n != "numpy"]
     if "numba" in impls:
         impls.append("numba-pool")
-    try:
-        import torch  # noqa: F401
-        impls.append("torch")
-    except ImportError:
-        print("PyTorch not installed: its rows are left out")
+    for peer in PEERS:
+        if importlib.util.find_spec(peer) is None:
+            print(f"{peer} not installed: its rows are left out")
+        else:
+            impls.append(peer)
     runs = {}
     for r in range(args.rounds):
         for threads in args.threads:
@@ -102,9 +117,12 @@ def main():
                for k, v in runs.items()}
     for (impl, threads), (med, low) in summary.items():
         line = f"{impl:10s} {threads} thread(s): median of medians {med:7.1f} ms, min {low:7.1f} ms"
-        if impl != "torch" and ("torch", threads) in summary:
-            tm, tl = summary["torch", threads]
-            line += f"; x torch {tm / med:.2f} (minima {tl / low:.2f})"
+        for peer in PEERS:
+            if peer == impl:
+                break                 # fastrnn's rows against every peer, jax's against torch
+            if (peer, threads) in summary:
+                pm, pl = summary[peer, threads]
+                line += f"; x {peer} {pm / med:.2f} (minima {pl / low:.2f})"
         one = "numba" if impl == "numba-pool" else impl
         if threads != 1 and (one, 1) in summary:
             om, ol = summary[one, 1]

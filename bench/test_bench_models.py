@@ -1,4 +1,4 @@
-"""Training steps of the GRU and LSTM models, fastrnn backends against PyTorch CPU, one run.
+"""Training steps of the GRU and LSTM models, fastrnn backends against peers on CPU, one run.
 
 Cases (issue "speed"):
 
@@ -12,13 +12,21 @@ Cases (issue "speed"):
 ``keras-char``    the Keras char-LSTM step: LSTM 128, 57 symbols, windows of 40, batch 128,
                   RMSprop, float32.
 
-PyTorch is optional; without it its rows are skipped with the reason.  Before timing, the
-PyTorch model (same weights) must give the same loss as fastrnn.
+Peers: PyTorch (eager) in every case, JAX (jit + ``lax.scan``, ``peers_models.py``) in
+every case, PyTensor (Theano's successor, the tutorial's original framework) in
+``gru-tutorial``.  Each is optional; without it its rows are skipped with the reason.
+Before timing, each peer's model (same weights, same data) must give the same loss as
+fastrnn (relative 1e-10 in float64, 1e-4 in float32), and its timed step includes its
+optimizer's update, at the learning rate fastrnn's step uses (0).  JAX runs on the thread
+count its process started with (one, set by ``xla_threads.py``): its ``ptb-lstm`` row at any
+other count is skipped here and timed by ``bench/ptb_processes.py`` instead.
 """
 import numpy as np
 import pytest
 
 import fastrnn
+import peers_models
+import xla_threads
 from fastrnn import optim
 
 BACKENDS = [n for n, ok in fastrnn.available_backends().items() if ok is True]
@@ -26,6 +34,14 @@ BACKENDS = [n for n, ok in fastrnn.available_backends().items() if ok is True]
 
 def _torch():
     return pytest.importorskip("torch", reason="PyTorch not installed (pip install torch==2.13.0)")
+
+
+def _jax():
+    return pytest.importorskip("jax", reason="JAX not installed (pip install jax jaxlib)")
+
+
+def _pytensor():
+    return pytest.importorskip("pytensor", reason="PyTensor not installed (pip install pytensor)")
 
 
 class _threads:
@@ -117,18 +133,30 @@ def _ptb_torch(model, threads):
 POOL = ["numba-pool"] if "numba" in BACKENDS else []
 
 
+def _ptb_jax(model, threads):
+    _jax()
+    if threads != xla_threads.jax_threads():
+        pytest.skip(f"JAX's thread count is fixed when it starts in a process (here "
+                    f"{xla_threads.jax_threads()}); bench/ptb_processes.py times it on {threads}")
+    return peers_models.jax_ptb(model.to_torch_state_dict(tensors=False), *_ptb_batch())
+
+
+PTB_PEERS = {"torch": _ptb_torch, "jax": _ptb_jax}
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("impl", BACKENDS + POOL + ["torch"])
+@pytest.mark.parametrize("impl", BACKENDS + POOL + list(PTB_PEERS))
 def test_ptb_lstm_step(benchmark, impl, threads):
     if impl == "numpy" and threads == 2:
         pytest.skip("the NumPy reference is timed on one thread only")
     if impl == "numba-pool" and threads == 1:
         pytest.skip("on one thread numba-pool is numba")
-    model, step, loss = _ptb_fastrnn("numba" if impl in ("torch", "numba-pool") else impl)
+    model, step, loss = _ptb_fastrnn("numba" if impl in PTB_PEERS or impl == "numba-pool"
+                                     else impl)
     want = loss()
-    if impl == "torch":
-        step, loss = _ptb_torch(model, threads)
-        assert abs(loss() - want) <= 1e-4 * abs(want)
+    if impl in PTB_PEERS:
+        step, loss = PTB_PEERS[impl](model, threads)
+        assert abs(loss() - want) <= 1e-4 * abs(want), (impl, loss(), want)
     tokens = PTB["T"] * PTB["B"]
     with _threads(threads, blas=1 if impl == "numba-pool" else None):
         step()
@@ -188,17 +216,30 @@ def _gru_torch(m):
     return step, lambda x, y: float(total_loss(x, y).detach())
 
 
-@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+def _gru_jax(m):
+    _jax()
+    return peers_models.jax_gru(m)
+
+
+def _gru_pytensor(m):
+    _pytensor()
+    return peers_models.pytensor_gru(m)
+
+
+GRU_PEERS = {"torch": _gru_torch, "jax": _gru_jax, "pytensor": _gru_pytensor}
+
+
+@pytest.mark.parametrize("impl", BACKENDS + list(GRU_PEERS))
 def test_gru_tutorial_step(benchmark, impl):
     np.random.seed(10)
-    m = fastrnn.GRUTheano(8000, 128, backend="numba" if impl == "torch" else impl)
+    m = fastrnn.GRUTheano(8000, 128, backend="numba" if impl in GRU_PEERS else impl)
     rng = np.random.default_rng(1)
     seq = rng.integers(0, 8000, 24)
     x, y = seq[:-1], seq[1:]
     want = m.ce_error(x, y)
-    if impl == "torch":
-        step, loss = _gru_torch(m)
-        assert abs(loss(x, y) - want) <= 1e-10 * abs(want)
+    if impl in GRU_PEERS:
+        step, loss = GRU_PEERS[impl](m)
+        assert abs(loss(x, y) - want) <= 1e-10 * abs(want), (impl, loss(x, y), want)
     else:
         step = m.sgd_step
     step(x, y, 0.0)
@@ -258,15 +299,23 @@ def _keras_torch(m):
     return step, loss
 
 
-@pytest.mark.parametrize("impl", BACKENDS + ["torch"])
+def _keras_jax(m):
+    _jax()
+    return peers_models.jax_keras(m.parameters(), *_keras_batch())
+
+
+KERAS_PEERS = {"torch": _keras_torch, "jax": _keras_jax}
+
+
+@pytest.mark.parametrize("impl", BACKENDS + list(KERAS_PEERS))
 def test_keras_char_lstm_step(benchmark, impl):
     m = fastrnn.RNNKeras(KC["L"], KC["V"], KC["H"], lr=0.0,
-                         backend="numba" if impl == "torch" else impl, seed=0)
+                         backend="numba" if impl in KERAS_PEERS else impl, seed=0)
     X, y = _keras_batch()
     want = m.loss_and_grad(X, y)[0]
-    if impl == "torch":
-        step, loss = _keras_torch(m)
-        assert abs(loss() - want) <= 1e-4 * abs(want)
+    if impl in KERAS_PEERS:
+        step, loss = KERAS_PEERS[impl](m)
+        assert abs(loss() - want) <= 1e-4 * abs(want), (impl, loss(), want)
     else:
         def step():
             loss, grads = m.loss_and_grad(X, y)
@@ -288,13 +337,18 @@ def test_ptb_processes_script_runs():
     out = subprocess.run([sys.executable, path, "--rounds", "1", "--steps", "1",
                           "--threads", "1", "2"],
                          capture_output=True, text=True, check=True, timeout=600).stdout
-    for impl in BACKENDS + POOL:
+    import importlib.util
+    installed = [peer for peer in PTB_PEERS if importlib.util.find_spec(peer) is not None]
+    for impl in BACKENDS + POOL + installed:
         for threads in (1, 2):
             if impl == "numpy" or (impl == "numba-pool" and threads == 1):
                 continue
             assert f"{impl:10s} {threads} thread(s): median of medians" in out, out
     if POOL:
         assert "numba-pool 2 thread(s)" in out and "2 threads vs 1:" in out, out
+    if "numba" in BACKENDS:
+        for peer in installed:
+            assert f"; x {peer} " in out, out
 
 
 @pytest.mark.parametrize("args", [["numba", "--sparse-embedding"],
