@@ -166,6 +166,22 @@ def test_ptb_lstm_step(benchmark, impl, threads):
         benchmark(step)
 
 
+def _gru_tutorial_flops(V, H, T):
+    """2 x multiply-adds of the tutorial GRU's products, forward and backward (3 passes;
+    the embedding is a lookup): two layers of three (H, H) input and recurrent blocks per
+    step, and the output layer."""
+    return 3 * (2 * 2 * T * (3 * H) * (2 * H) + 2 * T * H * V)
+
+
+def _keras_flops(L, V, H, N):
+    """2 x multiply-adds of the Keras char-LSTM's products as a dense implementation runs
+    them: the recurrent product in 3 passes, the one-hot input product in 2 (forward and
+    ``dW_ih``; no input gradient) and the output layer of the last step in 3.  fastrnn
+    gathers the one-hot product instead (``X0_ids``), so its GFLOP/s here is the rate of a
+    dense implementation that took its time."""
+    return 3 * 2 * (N * L) * (4 * H) * H + 2 * 2 * (N * L) * (4 * H) * V + 3 * 2 * N * H * V
+
+
 def _lstm_flops(V, H, L, B, T):
     """2 x multiply-adds of the forward and backward matrix products (3 passes)."""
     rec = L * 2 * (T * B) * (4 * H) * (2 * H)       # input + recurrent projections
@@ -244,7 +260,8 @@ def test_gru_tutorial_step(benchmark, impl):
         step = m.sgd_step
     step(x, y, 0.0)
     benchmark.group = "gru-tutorial-step-float64"
-    benchmark.extra_info.update(impl=impl, tokens=len(x))
+    benchmark.extra_info.update(impl=impl, tokens=len(x), dtype="float64",
+                                flops=_gru_tutorial_flops(V=8000, H=128, T=len(x)))
     benchmark(step, x, y, 0.0)
 
 
@@ -323,7 +340,8 @@ def test_keras_char_lstm_step(benchmark, impl):
             return loss
     step()
     benchmark.group = "keras-char-lstm-step-float32"
-    benchmark.extra_info.update(impl=impl, tokens=KC["N"] * KC["L"])
+    benchmark.extra_info.update(impl=impl, tokens=KC["N"] * KC["L"], dtype="float32",
+                                flops=_keras_flops(**KC))
     benchmark(step)
 
 
