@@ -11,8 +11,8 @@ besides the GEMMs is free.  Ratios use medians; the minimum is printed beside th
 because on a shared machine a burst of load during one implementation's rounds moves its median
 (the minimum is what the code does when it has the core to itself).  ``roof`` is GFLOP/s as a
 fraction of the square matrix product's on one thread in the same run and dtype
-(``bench/test_bench_peak.py``, group ``peak-gemm``): the share of the core's reachable
-peak that the step's arithmetic runs at.
+(``bench/test_bench_peak.py``, group ``peak-gemm``), times the row's thread count: the share
+of the cores' reachable peak that the step's arithmetic runs at.
 """
 import json
 import os
@@ -95,7 +95,10 @@ def table(data):
             info = r["extra_info"]
             tok = info.get("tokens", 0) / t if t else float("nan")
             gf = info.get("flops", 0) / t / 1e9 if t else float("nan")
-            rf = f"{gf / peak:6.2f}" if peak and info.get("flops") else f"{'-':>6}"
+            # the roof of as many cores as the row ran on (the square product on one thread
+            # times its thread count: the cores' sum, which no product reaches in practice)
+            cores = info.get("threads") or 1
+            rf = f"{gf / (peak * cores):6.2f}" if peak and info.get("flops") else f"{'-':>6}"
             xs = f"{seed / t:9.1f}" if seed else f"{'-':>9}"
             xn = f"{ref / t:9.1f}" if ref else f"{'-':>9}"
             fr = f"{blas / t:8.2f}" if blas else f"{'-':>8}"

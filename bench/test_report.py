@@ -25,7 +25,9 @@ def test_table_ratios_and_roof():
         _bench("sgd_step-T20-float64", "torch", 0.010, flops=1e8, tokens=20),
         _bench("ptb-lstm-step-float32-1thread", "numba", 0.1, flops=6e9, tokens=400),
         _bench("gru-tutorial-step-float64", "numba", 0.01, tokens=23),      # no flops
+        _bench("ptb-lstm-step-float32-2thread", "numba-pool", 0.05, flops=6e9, tokens=400),
     ]}
+    data["benchmarks"][-1]["extra_info"]["threads"] = 2
     text = report.table(data)
     assert "[roof] square GEMM n=1024, one thread: float32 100.0 GFLOP/s, float64 50.0" in text
     assert "[peak-gemm]" not in text
@@ -35,6 +37,8 @@ def test_table_ratios_and_roof():
                                    "10.0", "0.80", "2.00"]
     ptb = text.split("[ptb-lstm-step-float32-1thread]")[1]
     assert _row(ptb, "numba")[4:6] == ["60.0", "0.60"]          # float32's roof
+    two = text.split("[ptb-lstm-step-float32-2thread]")[1]
+    assert _row(two, "numba-pool")[4:6] == ["120.0", "0.60"]   # two cores' roof
     gru = text.split("[gru-tutorial-step-float64]")[1]
     assert _row(gru, "numba")[5] == "-"                         # no FLOP count, no roof
 
