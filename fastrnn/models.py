@@ -347,7 +347,9 @@ def _one_hot_weight_grad(ids, gx, size):
 def _embedding_rows(xa, dX):
     """The embedding gradient's nonzero rows: ``(ids, sums)``, ``ids`` the distinct token ids
     of ``xa`` in increasing order and ``sums[i]`` the sum of the rows of ``dX (T, B, E)`` at
-    the positions of ``ids[i]``, added in the order they occur."""
+    the positions of ``ids[i]``, by ``np.add.reduceat`` over them in the order they occur
+    (which need not add them one after another: with three rows of one id it differed from
+    ``np.add.at`` in the last bit)."""
     flat = xa.reshape(-1)
     rows = dX.reshape(flat.size, -1)
     if flat.size == 0:
