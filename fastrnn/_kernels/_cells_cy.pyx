@@ -8,9 +8,10 @@ Same functions, signatures and semantics as the NumPy reference (the oracle):
 ``rnn_softmax_xent``, ``rnn_log_softmax``), :mod:`fastrnn.reference.gru`
 (``gru_layer_forward``, ``gru_layer_backward``) and :mod:`fastrnn.reference.lstm`
 (``lstm_layer_forward``, ``lstm_layer_backward``), and the GRU tutorial's RMSprop update
-(``gru_rmsprop``, ``gru_rmsprop_columns``, also in :mod:`fastrnn.reference.gru`).  The equations, the flags
-``reset_after`` / ``hard_gates``, the mask semantics (``mask[t, b] == 0``: the state is
-held, no gradient reaches the gates) and the cache layouts are documented there.
+(``gru_rmsprop``, ``gru_rmsprop_columns``, also in :mod:`fastrnn.reference.gru`).  The
+equations, the flags ``reset_after`` / ``hard_gates``, the mask semantics
+(``mask[t, b] == 0``: the state is held, no gradient reaches the gates) and the cache
+layouts are documented there.
 
 Design note
 -----------
