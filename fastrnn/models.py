@@ -129,7 +129,8 @@ def _step_threads(be):
       ``threadpoolctl.threadpool_limits(1)`` with ``numba.set_num_threads(n)``), Numba
       backend: Numba's ``n`` threads run the products
       in blocks, the softmax in row chunks and the LSTM recurrence in blocks of hidden
-      units -- one pool of threads for the whole step.
+      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) -- one pool of
+      threads for the whole step.
 
     Returns ``n`` in the second case, else 1.
     """
@@ -219,8 +220,9 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_id
             args = (Xp, W_hh, b_hh, h0[k], c0[k], mask, flags["hard_gates"], lay.Hs, lay.Cs,
                     lay.cache)
             if threads > 1:
-                from ._kernels.lstm import parallel_lstm_layer_forward
-                parallel_lstm_layer_forward(*args, threads)
+                from ._kernels import lstm as _lstm
+                _lstm.parallel_lstm_layer_forward(*args, threads,
+                                                  _lstm.parallel_lstm_by_rows(B, threads))
             else:
                 _kernel(be, "lstm_layer_forward")(*args)
         out.append(lay)
@@ -280,8 +282,9 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
             args = (W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs, lay.cache, dHs, dGx,
                     dh0[k], dc0[k])
             if threads > 1:
-                from ._kernels.lstm import parallel_lstm_layer_backward
-                parallel_lstm_layer_backward(*args, threads)
+                from ._kernels import lstm as _lstm
+                _lstm.parallel_lstm_layer_backward(*args, threads,
+                                                   _lstm.parallel_lstm_by_rows(B, threads))
             else:
                 _kernel(be, "lstm_layer_backward")(*args)
             dGh = dGx

@@ -86,9 +86,9 @@ def test_one_numba_thread_is_serial(monkeypatch):
 # ------------------------------------------------------------ a step on Numba's threads
 # With BLAS on one thread and Numba on several (fastrnn.set_num_threads), a Numba-backend
 # step runs its products in blocks (blas.gemm_parallel) and the LSTM recurrence in blocks
-# of hidden units (lstm.parallel_lstm_layer_*).  Each must equal the serial computation up
-# to the BLAS's rounding inside a product: float64 to 1e-12, float32 to 1e-5, relative to
-# the array's scale.
+# of hidden units or of sequences (lstm.parallel_lstm_layer_*).  Each must equal the serial
+# computation up to the BLAS's rounding inside a product: float64 to 1e-12, float32 to 1e-5,
+# relative to the array's scale.
 
 DTYPES = [np.float64, np.float32]
 
@@ -132,35 +132,51 @@ def _lstm_case(dtype, T=6, B=5, H=7, seed=3):
                 dHs=c(rng.standard_normal((T, B, H))))
 
 
-def _lstm_run(d, hard, chunks):
+def _lstm_run(d, hard, chunks, by_rows=False):
     from fastrnn._kernels import lstm
     T, B, G = d["Xp"].shape
     H = G // 4
     dt = d["Xp"].dtype
-    Hs, Cs = np.empty((T + 1, B, H), dt), np.empty((T + 1, B, H), dt)
-    cache, dG = np.empty((T, B, G), dt), np.empty((T, B, G), dt)
-    dh0, dc0 = np.empty((B, H), dt), np.empty((B, H), dt)
+    nan = lambda *shape: np.full(shape, np.nan, dt)  # noqa: E731 - every element written
+    Hs, Cs = nan(T + 1, B, H), nan(T + 1, B, H)
+    cache, dG = nan(T, B, G), nan(T, B, G)
+    dh0, dc0 = nan(B, H), nan(B, H)
     fa = (d["Xp"], d["W_hh"], d["b_hh"], d["h0"], d["c0"], d["mask"], hard, Hs, Cs, cache)
     ba = (d["W_hh"], d["mask"], hard, Hs, Cs, cache, d["dHs"], dG, dh0, dc0)
     if chunks is None:
         lstm.lstm_layer_forward(*fa)
         lstm.lstm_layer_backward(*ba)
     else:
-        lstm.parallel_lstm_layer_forward(*fa, chunks)
-        lstm.parallel_lstm_layer_backward(*ba, chunks)
+        lstm.parallel_lstm_layer_forward(*fa, chunks, by_rows)
+        lstm.parallel_lstm_layer_backward(*ba, chunks, by_rows)
     return dict(Hs=Hs, Cs=Cs, cache=cache, dG=dG, dh0=dh0, dc0=dc0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hard", [False, True])
-def test_lstm_parallel_kernels_equal_the_serial_ones(dtype, hard):
+@pytest.mark.parametrize("by_rows", [False, True])
+def test_lstm_parallel_kernels_equal_the_serial_ones(dtype, hard, by_rows):
     d = _lstm_case(dtype)
     want = {k: v.astype(np.float64) for k, v in _lstm_run(d, hard, None).items()}
     assert np.all(want["dG"][4:, 0] == 0) and np.all(want["dG"][:2, -1] == 0)   # masks bite
-    for chunks in (1, 2, 3, 7, 50):       # 50 > H: clamped to one unit per block
-        got = _lstm_run(d, hard, chunks)
+    for chunks in (1, 2, 3, 4, 7, 50):    # 7 > B = 5, 50 > H = 7: clamped to one per block
+        got = _lstm_run(d, hard, chunks, by_rows)
         for name in want:
-            _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
+            _close(got[name], want[name], dtype, f"chunks={chunks}, by_rows={by_rows}: {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("by_rows", [False, True])
+@pytest.mark.parametrize("T, B, H", [(0, 3, 4), (3, 1, 1), (4, 2, 9), (5, 9, 2)])
+def test_lstm_parallel_kernels_on_edge_shapes(dtype, by_rows, T, B, H):
+    """No steps, one unit, one sequence, fewer units or sequences than blocks; dirty
+    output buffers (every element must be written)."""
+    d = _lstm_case(dtype, T=T, B=B, H=H, seed=T + 10 * B + 100 * H)
+    want = {k: v.astype(np.float64) for k, v in _lstm_run(d, False, None).items()}
+    for chunks in (2, 3):
+        got = _lstm_run(d, False, chunks, by_rows)
+        for name in want:
+            _close(got[name], want[name], dtype, f"chunks={chunks}, by_rows={by_rows}: {name}")
 
 
 def _numba_or_skip():
@@ -171,11 +187,17 @@ def _numba_or_skip():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell):
+@pytest.mark.parametrize("cell, by_rows", [("rnn", None), ("gru", None), ("lstm", False),
+                                           ("lstm", True)])
+def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell, by_rows):
     """Whole models: the same loss and gradients whichever way the step is threaded
-    (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS)."""
+    (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS); the LSTM's
+    recurrence in blocks of units and in blocks of sequences."""
     _numba_or_skip()
+    if by_rows is not None:
+        from fastrnn._kernels import lstm
+        assert not lstm.parallel_lstm_by_rows(13, 3)      # B = 13: units
+        monkeypatch.setattr(lstm, "parallel_lstm_by_rows", lambda B, chunks: by_rows)
     cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell]
     V, H, T, B = 1500, 24, 9, 13
     assert T * B * V * H >= blas.PARALLEL_MIN_MACS

@@ -145,67 +145,279 @@ def lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0
 
 
 # ----------------------------------------------------------------------------- parallel
-# The same recurrences with the hidden units split over Numba's threads, for a step whose
-# threads are Numba's while the BLAS runs on one (fastrnn.models._step_threads).  Each
-# time step is one parallel region (forward: a thread's four gate blocks of h_{t-1} W_hhᵀ,
-# then its units' gates and states) or two (backward: its units' gate gradients; then,
-# once every unit's are written, its columns of dG W_hh).  Results equal the serial
-# kernels' up to the BLAS's summation inside a product (tests/test_parallel.py).
+# The same recurrences on Numba's threads, for a step whose threads are Numba's while the
+# BLAS runs on one (fastrnn.models._step_threads).  Two ways to split, both measured to beat
+# the serial kernels at one of the shapes below, chosen by :func:`parallel_lstm_by_rows`:
 #
-# Why units and not sequences: the per-step product is bound by packing W_hh, which every
-# thread would do in full for its half of the batch.  Measured at the PTB-small shape
-# (T=20, B=20, H=200, float32, two threads, in the step): units 2.5 ms forward and 2.3 ms
-# backward per layer against 2.8 and 2.8 ms serial; halves of the batch 2.9 and 2.8 ms.
+# * Blocks of sequences (``by_rows``): sequences are independent, so each thread runs the
+#   serial recurrence on its rows of every array -- one parallel region per call, no
+#   barrier per step.  Each thread's product packs all of W_hh every step, which pays when
+#   the thread has enough rows to amortise it.
+# * Blocks of hidden units: one parallel region per step (forward: the block's product and
+#   gates; backward: the carry of the later step -- its dG W_hh, once every block's dG is
+#   written -- then this step's gate gradients).  W_hh is packed once per call into a
+#   contiguous copy per block (forward: the block's four gate row blocks, one GEMM per step
+#   into a ``(B, 4n)`` buffer of the block's own; backward: its column block); dh and dc of
+#   a block live in buffers of its own.
 #
-# No explicit signatures: these compile on first use (about 15 s per dtype), not at the
-# import of every LSTM user.
+# Each thread's work is one separately compiled (serial) function called from the prange
+# body: inlined into the ``parallel=True`` function, as before, the unit code ran 20-40 %
+# slower per unit of work than in the serial kernel (the previous forward on one thread:
+# 23 ms median against 16.5 ms serial at T=40, B=128, H=128).  The gate arithmetic is
+# elementwise and the same as the serial kernels', so results equal theirs up to the
+# BLAS's summation inside a product (tests/test_parallel.py).
+#
+# Measured (two threads, OpenMP layer, BLAS on one thread; the serial kernel, the previous
+# parallel kernel -- four gate-block GEMMs on the unpacked W_hh, the unit code inlined
+# into the prange body -- and this one interleaved in one process; minimum / median over
+# 150-300 calls, ms, on a shared 2-core machine, otherwise nearly idle):
+#
+#   float32                        serial       previous     units        sequences
+#   T=20, B=20, H=200   forward    2.48 / 3.32  1.84 / 2.83  1.72 / 2.72  2.04 / 3.11
+#                       backward   2.29 / 3.08  1.58 / 2.46  1.43 / 2.20  1.68 / 2.51
+#   T=40, B=128, H=128  forward   12.7 / 15.9  10.8 / 16.2  10.1 / 14.6   7.84 / 11.4
+#                       backward  13.1 / 16.7   9.68 / 13.2  8.99 / 12.5  7.24 / 10.2
+#   float64
+#   T=20, B=20, H=200   forward    9.76 / 12.5  7.44 / 8.53  7.26 / 8.30  6.74 / 8.68
+#                       backward   6.13 / 7.85  4.28 / 5.13  3.99 / 4.82  4.77 / 5.56
+#   T=40, B=128, H=128  forward   67.6 / 79.7  39.3 / 54.7  36.7 / 51.7  34.2 / 49.1
+#                       backward  33.7 / 41.2  20.9 / 27.2  19.1 / 25.3  17.6 / 23.7
+#
+# With more runnable threads than cores a per-step barrier waits whenever a thread is
+# descheduled.  Under a load of 3-4 other processes on the two cores (float32, T=20,
+# H=200), medians: B=20 serial 3.7, units 8.0, sequences 9.5 ms; B=40 serial 9.5, units
+# 176, sequences 24 ms; B=32 serial 5.1, units 5.1, sequences 3.8 ms.
+#
+# No explicit signatures: these compile on first use, not at the import of every LSTM user,
+# and the on-disk cache keeps them after that.  With an empty cache, the first threaded
+# float32 LSTM step (everything it compiles, both ways of splitting) took 94 s here against
+# 86 s with the previous unit-only kernels.
+
+
+@njit(**NUMBA_OPTIONS)
+def _forward_block(h, Wk, ak, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc,
+                   ib):
+    """One forward step of hidden units ``j0:j1``: ``ak = h Wkᵀ`` (``Wk (4n, H)`` their
+    four gate blocks of ``W_hh``, packed), then :func:`_forward_units`'s arithmetic on
+    ``ak (B, 4n)``, gate ``q`` of unit ``j0 + jj`` in column ``q n + jj``."""
+    gemm(False, True, 1.0, h, Wk, 0.0, ak)
+    B = ak.shape[0]
+    H = hp.shape[1]
+    n = j1 - j0
+    for b in range(B):
+        ab = ak[b]
+        cab = ca[b]
+        for q in range(4):
+            for jj in range(n):
+                ab[q * n + jj] += x[b, q * H + j0 + jj] + b_hh[q * H + j0 + jj]
+        gate_row(ab[0:n], cab[j0:j1], hard_gates, ib)                                  # i
+        gate_row(ab[n:2 * n], cab[H + j0:H + j1], hard_gates, ib)                      # f
+        tanh_row(ab[2 * n:3 * n], cab[2 * H + j0:2 * H + j1], ib)                      # g
+        gate_row(ab[3 * n:4 * n], cab[3 * H + j0:3 * H + j1], hard_gates, ib)          # o
+        if mk[b] != 0:
+            for jj in range(n):
+                j = j0 + jj
+                cb[jj] = cab[H + j] * cp[b, j] + cab[j] * cab[2 * H + j]
+            tanh_row(cb[:n], tc[:n], ib)
+            for jj in range(n):
+                j = j0 + jj
+                cout[b, j] = cb[jj]
+                hout[b, j] = cab[3 * H + j] * tc[jj]
+        else:
+            for j in range(j0, j1):
+                cout[b, j] = cp[b, j]
+                hout[b, j] = hp[b, j]
+
+
+@njit(**NUMBA_OPTIONS)
+def _backward_block(dGn, mkn, Wk, tmpk, ca, g4, cp, cn, mk, dHt, dhk, dck, hard_gates, j0, j1,
+                    tcb, ib, carry, units):
+    """Units ``j0:j1`` of two half steps of the backward recurrence, local ``dhk``,
+    ``dck (B, n)``: with ``carry``, the later step's ``tmpk = dGn Wk`` (``Wk (4H, n)`` the
+    units' columns of ``W_hh``, packed) moved into ``dhk`` by its mask row ``mkn``
+    (:func:`_carry_units`); with ``units``, this step's gate gradients
+    (:func:`_backward_units`) into ``g4``."""
+    B = dhk.shape[0]
+    n = j1 - j0
+    if carry:
+        gemm(False, False, 1.0, dGn, Wk, 0.0, tmpk)
+        for b in range(B):
+            if mkn[b] != 0:
+                for jj in range(n):
+                    dhk[b, jj] = tmpk[b, jj]
+            else:
+                for jj in range(n):
+                    dhk[b, jj] += tmpk[b, jj]
+    if not units:
+        return
+    H = cp.shape[1]
+    for b in range(B):
+        on = mk[b] != 0
+        if on:
+            tanh_row(cn[b, j0:j1], tcb[:n], ib)
+        for jj in range(n):
+            j = j0 + jj
+            d = dhk[b, jj] + dHt[b, j]
+            dhk[b, jj] = d
+            if not on:
+                g4[b, j] = 0.0
+                g4[b, H + j] = 0.0
+                g4[b, 2 * H + j] = 0.0
+                g4[b, 3 * H + j] = 0.0
+                continue
+            i = ca[b, j]
+            f = ca[b, H + j]
+            g = ca[b, 2 * H + j]
+            o = ca[b, 3 * H + j]
+            tc = tcb[jj]
+            dct = dck[b, jj] + d * o * (1.0 - tc * tc)
+            g4[b, j] = dct * g * gate_grad(i, hard_gates)
+            g4[b, H + j] = dct * cp[b, j] * gate_grad(f, hard_gates)
+            g4[b, 2 * H + j] = dct * i * (1.0 - g * g)
+            g4[b, 3 * H + j] = d * tc * gate_grad(o, hard_gates)
+            dck[b, jj] = dct * f
+
+
+@njit(**NUMBA_OPTIONS)
+def _forward_rows(Xp, W_hh, b_hh, mask, hard_gates, Hs, Cs, cache, b0, b1, a, cb, tc, ib):
+    """The serial forward recurrence of sequences ``b0:b1`` (``Hs[0]``, ``Cs[0]`` set)."""
+    T = Xp.shape[0]
+    H = Hs.shape[2]
+    for t in range(T):
+        gemm(False, True, 1.0, Hs[t][b0:b1], W_hh, 0.0, a)
+        _forward_units(a, Xp[t][b0:b1], b_hh, Hs[t][b0:b1], Cs[t][b0:b1], mask[t][b0:b1],
+                       hard_gates, cache[t][b0:b1], Hs[t + 1][b0:b1], Cs[t + 1][b0:b1], 0, H,
+                       cb, tc, ib)
+
+
+@njit(**NUMBA_OPTIONS)
+def _backward_rows(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0, b0, b1, dh, dc,
+                   tmp, tcb, ib):
+    """The serial backward recurrence of sequences ``b0:b1``."""
+    T, _, H = dHs.shape
+    dh[:, :] = 0.0
+    dc[:, :] = 0.0
+    for t in range(T - 1, -1, -1):
+        _backward_units(cache[t][b0:b1], dG[t][b0:b1], Cs[t][b0:b1], Cs[t + 1][b0:b1],
+                        mask[t][b0:b1], dHs[t][b0:b1], dh, dc, hard_gates, 0, H, tcb, ib)
+        gemm(False, False, 1.0, dG[t][b0:b1], W_hh, 0.0, tmp)
+        _carry_units(tmp, dh, mask[t][b0:b1], 0, H)
+    dh0[b0:b1, :] = dh
+    dc0[b0:b1, :] = dc
+
 
 @njit(parallel=True, **NUMBA_OPTIONS)
 def parallel_lstm_layer_forward(Xp, W_hh, b_hh, h0, c0, mask, hard_gates, Hs, Cs, cache,
-                                chunks):
-    """:func:`lstm_layer_forward` with the hidden units in ``chunks`` blocks over threads."""
+                                chunks, by_rows):
+    """:func:`lstm_layer_forward` on ``chunks`` threads: blocks of hidden units (one
+    parallel region per step), or with ``by_rows`` blocks of sequences (one region)."""
     T, B, G = Xp.shape
     H = G // 4
-    chunks = max(1, min(H, chunks))
-    a = np.empty((B, G), Xp.dtype)
-    cb = np.empty((chunks, H), Xp.dtype)
-    tc = np.empty((chunks, H), Xp.dtype)
-    ib = np.empty((chunks, 2 * H), np.int32)
+    dt = Xp.dtype
     Hs[0, :, :] = h0
     Cs[0, :, :] = c0
+    if by_rows:
+        chunks = max(1, min(B, chunks))
+        m = (B + chunks - 1) // chunks
+        af = np.empty((chunks, m * G), dt)
+        cb = np.empty((chunks, H), dt)
+        tc = np.empty((chunks, H), dt)
+        ib = np.empty((chunks, 2 * H), np.int32)
+        for k in prange(chunks):
+            b0 = k * B // chunks
+            b1 = (k + 1) * B // chunks
+            _forward_rows(Xp, W_hh, b_hh, mask, hard_gates, Hs, Cs, cache, b0, b1,
+                          af[k, :(b1 - b0) * G].reshape((b1 - b0, G)), cb[k], tc[k], ib[k])
+        return
+    chunks = max(1, min(H, chunks))
+    n = (H + chunks - 1) // chunks
+    Wf = np.empty((chunks, 4 * n * H), dt)
+    af = np.empty((chunks, B * 4 * n), dt)
+    cb = np.empty((chunks, n), dt)
+    tc = np.empty((chunks, n), dt)
+    ib = np.empty((chunks, 2 * n), np.int32)
+    for k in prange(chunks):           # each block's four gate row blocks of W_hh, contiguous
+        j0 = k * H // chunks
+        j1 = (k + 1) * H // chunks
+        nk = j1 - j0
+        Wk = Wf[k, :4 * nk * H].reshape((4 * nk, H))
+        for q in range(4):
+            Wk[q * nk:(q + 1) * nk, :] = W_hh[q * H + j0:q * H + j1]
     for t in range(T):
         for k in prange(chunks):
             j0 = k * H // chunks
             j1 = (k + 1) * H // chunks
-            for q in range(4):
-                gemm(False, True, 1.0, Hs[t], W_hh[q * H + j0:q * H + j1], 0.0,
-                     a[:, q * H + j0:q * H + j1])
-            _forward_units(a, Xp[t], b_hh, Hs[t], Cs[t], mask[t], hard_gates, cache[t],
-                           Hs[t + 1], Cs[t + 1], j0, j1, cb[k], tc[k], ib[k])
+            nk = j1 - j0
+            _forward_block(Hs[t], Wf[k, :4 * nk * H].reshape((4 * nk, H)),
+                           af[k, :B * 4 * nk].reshape((B, 4 * nk)), Xp[t], b_hh, Hs[t], Cs[t],
+                           mask[t], hard_gates, cache[t], Hs[t + 1], Cs[t + 1], j0, j1, cb[k],
+                           tc[k], ib[k])
 
 
 @njit(parallel=True, **NUMBA_OPTIONS)
 def parallel_lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0,
-                                 chunks):
-    """:func:`lstm_layer_backward` with the hidden units in ``chunks`` blocks over threads."""
+                                 chunks, by_rows):
+    """:func:`lstm_layer_backward` on ``chunks`` threads: blocks of hidden units (one
+    parallel region per step), or with ``by_rows`` blocks of sequences (one region)."""
     T, B, H = dHs.shape
+    G = 4 * H
     dt = dHs.dtype
+    if T == 0:
+        dh0[:, :] = 0.0
+        dc0[:, :] = 0.0
+        return
+    if by_rows:
+        chunks = max(1, min(B, chunks))
+        m = (B + chunks - 1) // chunks
+        sf = np.empty((chunks, 3 * m * H), dt)
+        tcb = np.empty((chunks, H), dt)
+        ib = np.empty((chunks, 2 * H), np.int32)
+        for k in prange(chunks):
+            b0 = k * B // chunks
+            b1 = (k + 1) * B // chunks
+            mk = b1 - b0
+            _backward_rows(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0, b0, b1,
+                           sf[k, :mk * H].reshape((mk, H)),
+                           sf[k, mk * H:2 * mk * H].reshape((mk, H)),
+                           sf[k, 2 * mk * H:3 * mk * H].reshape((mk, H)), tcb[k], ib[k])
+        return
     chunks = max(1, min(H, chunks))
-    dh = np.zeros((B, H), dt)
-    dc = np.zeros((B, H), dt)
-    tmp = np.empty((B, H), dt)
-    tcb = np.empty((chunks, H), dt)
-    ib = np.empty((chunks, 2 * H), np.int32)
-    for t in range(T - 1, -1, -1):
+    n = (H + chunks - 1) // chunks
+    Wf = np.empty((chunks, G * n), dt)
+    sf = np.zeros((chunks, 3 * B * n), dt)      # dh, dc (from 0) and tmp of each block
+    tcb = np.empty((chunks, n), dt)
+    ib = np.empty((chunks, 2 * n), np.int32)
+    for k in prange(chunks):           # each block's columns of W_hh, contiguous
+        j0 = k * H // chunks
+        j1 = (k + 1) * H // chunks
+        Wk = Wf[k, :G * (j1 - j0)].reshape((G, j1 - j0))
+        for r in range(G):
+            Wk[r, :] = W_hh[r, j0:j1]
+    # Region s: the carry of step s (its dG W_hh, once every block's dG[s] is written),
+    # then step s - 1's gate gradients.
+    for s in range(T, -1, -1):
+        tn = min(s, T - 1)
+        tu = max(s - 1, 0)
         for k in prange(chunks):
             j0 = k * H // chunks
             j1 = (k + 1) * H // chunks
-            _backward_units(cache[t], dG[t], Cs[t], Cs[t + 1], mask[t], dHs[t], dh, dc,
-                            hard_gates, j0, j1, tcb[k], ib[k])
-        for k in prange(chunks):
-            j0 = k * H // chunks
-            j1 = (k + 1) * H // chunks
-            gemm(False, False, 1.0, dG[t], W_hh[:, j0:j1], 0.0, tmp[:, j0:j1])
-            _carry_units(tmp, dh, mask[t], j0, j1)
-    dh0[:, :] = dh
-    dc0[:, :] = dc
+            nk = j1 - j0
+            _backward_block(dG[tn], mask[tn], Wf[k, :G * nk].reshape((G, nk)),
+                            sf[k, 2 * B * nk:3 * B * nk].reshape((B, nk)), cache[tu], dG[tu],
+                            Cs[tu], Cs[tu + 1], mask[tu], dHs[tu],
+                            sf[k, :B * nk].reshape((B, nk)),
+                            sf[k, B * nk:2 * B * nk].reshape((B, nk)), hard_gates, j0, j1,
+                            tcb[k], ib[k], s < T, s > 0)
+            if s == 0:
+                dh0[:, j0:j1] = sf[k, :B * nk].reshape((B, nk))
+                dc0[:, j0:j1] = sf[k, B * nk:2 * B * nk].reshape((B, nk))
+
+
+def parallel_lstm_by_rows(B, chunks):
+    """Whether the parallel kernels split the batch (``True``) or the hidden units: the
+    batch from 16 sequences per thread.  Measured (float32, two threads, minima): at B=20
+    (10 per thread) units won (T=20, H=200: forward 1.8 against 2.1 ms, backward 1.5
+    against 1.8 ms); at B=32 sequences won the forward (2.5 against 2.7 ms) and tied the
+    backward (2.5 / 2.4 ms), with lower medians on a loaded machine (3.8 against 5.1 ms);
+    at B=64 and 128 (H=128) sequences won both."""
+    return B >= 16 * chunks
