@@ -117,6 +117,36 @@ class RowSparse:
 
 # --------------------------------------------------------------------------- helpers
 
+# The compiled SGD update of :mod:`fastrnn._kernels.update` for arrays from this many
+# elements (smaller ones are not worth a call, and a script that only ever updates small
+# arrays never imports Numba here); False until first looked for, None if unusable.
+_KERNEL_MIN = 1 << 14
+_update_kernels = False
+
+
+def _kernels(*arrays):
+    """The update kernel's module, if these arrays can take it: big enough, one float
+    dtype (float32 or float64), C-contiguous; else None (NumPy's way).  None as well when
+    Numba cannot be imported or runs with ``NUMBA_DISABLE_JIT=1`` (where its loops would
+    be interpreted)."""
+    global _update_kernels
+    a = arrays[0]
+    if a.size < _KERNEL_MIN or a.dtype not in (np.float32, np.float64) or any(
+            b.dtype != a.dtype or b.shape != a.shape or not b.flags.c_contiguous
+            for b in arrays):
+        return None
+    if _update_kernels is False:
+        try:
+            from numba import config
+            if config.DISABLE_JIT:
+                raise ImportError("NUMBA_DISABLE_JIT")
+            from ._kernels import update
+        except ImportError:
+            update = None
+        _update_kernels = update
+    return _update_kernels
+
+
 def _nonfinite_count(a):
     return int(a.size - np.count_nonzero(np.isfinite(a)))
 
@@ -490,6 +520,12 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     def _update(self, p, g, buf, state, coef):
+        k = _kernels(p, g)
+        # the same two roundings in one pass, bit for bit; a gradient that overlaps its
+        # parameter (all of it is read before any is written in NumPy's way) takes NumPy's
+        if k is not None and not np.may_share_memory(p, g):
+            k.sgd(p.reshape(-1), g.reshape(-1), self._lr)
+            return
         np.multiply(g, self._lr, out=buf)
         np.subtract(p, buf, out=p)
 

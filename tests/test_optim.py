@@ -723,3 +723,64 @@ def test_every_optimizer_takes_row_sparse_as_its_dense_gradient(name, grad_dtype
     np.testing.assert_array_equal(sparse, dense)
     for k, v in od.state_dict().items():
         np.testing.assert_array_equal(osp.state_dict()[k], v, err_msg=k)
+
+
+# --------------------------------------------------------------------- compiled SGD
+# From optim._KERNEL_MIN elements, SGD's dense update runs as a Numba kernel
+# (fastrnn._kernels.update), which must give NumPy's result bit for bit.
+
+def _update_kernel_or_skip():
+    from fastrnn import optim
+    k = optim._kernels(np.zeros(optim._KERNEL_MIN))
+    if k is None:
+        pytest.skip("Numba's kernel is not in use here (NUMBA_DISABLE_JIT=1 or no Numba)")
+    return k
+
+
+def _numpy_sgd(p, g, lr):
+    buf = np.empty_like(p)
+    np.multiply(g, lr, out=buf)
+    return np.subtract(p, buf, out=p.copy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_sgd_equals_numpys_bit_for_bit(monkeypatch, dtype):
+    from fastrnn import optim
+    k = _update_kernel_or_skip()
+    calls = []
+    monkeypatch.setattr(k, "sgd", lambda p, g, lr, _f=k.sgd: calls.append(p.size) or _f(p, g, lr))
+    rng = np.random.default_rng(7)
+    n = 3 * optim._KERNEL_MIN + 5
+    small = optim._KERNEL_MIN - 1
+    params = {"big": rng.standard_normal((n // 5, 5)).astype(dtype),
+              "small": rng.standard_normal(small).astype(dtype)}
+    grads = {"big": (rng.standard_normal((n // 5, 5)) * 1e3).astype(dtype),
+             "small": rng.standard_normal(small).astype(dtype)}
+    for lr in (0.1, 0.0137, 3.0):
+        want = {name: _numpy_sgd(p, grads[name], lr) for name, p in params.items()}
+        SGD(params, lr=lr).step(grads)
+        for name in params:
+            assert params[name].dtype == dtype
+            np.testing.assert_array_equal(params[name], want[name], err_msg=name)
+    assert calls == [n // 5 * 5] * 3           # the big array took the kernel, the small one not
+
+
+def test_compiled_sgd_leaves_odd_layouts_to_numpy(monkeypatch):
+    """A Fortran-ordered gradient, one of another dtype, and one that overlaps its
+    parameter take NumPy's rule, with NumPy's result."""
+    from fastrnn import optim
+    k = _update_kernel_or_skip()
+    monkeypatch.setattr(k, "sgd", lambda *a: pytest.fail("the kernel was called"))
+    n = optim._KERNEL_MIN
+    rng = np.random.default_rng(8)
+    p = rng.standard_normal((n // 8, 8))
+    for g in (np.asfortranarray(rng.standard_normal((n // 8, 8))),
+              rng.standard_normal((n // 8, 8)).astype(np.float32)):
+        want = _numpy_sgd(p, g.astype(p.dtype), 0.5)
+        SGD({"p": p}, lr=0.5).step({"p": g})
+        np.testing.assert_array_equal(p, want)
+    buf = rng.standard_normal(n + 8)
+    p, g = buf[:n], buf[8:]                    # g[i] is p[i + 8]: read before written
+    want = _numpy_sgd(p, g.copy(), 0.5)
+    SGD({"p": p}, lr=0.5).step({"p": g})
+    np.testing.assert_array_equal(p, want)
