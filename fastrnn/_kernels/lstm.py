@@ -24,33 +24,28 @@ from .common import gate_grad, gate_row, signatures, tanh_row
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _forward_units(a, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc, ib, s,
-                   da):
+def _forward_units(a, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc, ib):
     """One forward step of hidden units ``j0:j1``, every sequence.
 
-    ``a`` holds ``h_{t-1} W_hhᵀ`` for those units, gate ``q`` of unit ``j`` in column
-    ``q s + j - da``: ``s = H, da = 0`` for ``a (B, 4H)`` in ``W_hh``'s row order, ``s = n,
-    da = j0`` for a block's own ``(B, 4n)`` buffer, ``n = j1 - j0`` (no other column is
-    read or written).  ``x`` is the step's ``Xp[t]``, ``mk`` its mask row, ``ca`` its cache
-    rows; ``cb``, ``tc`` float scratch of ``n`` and ``ib`` int32 scratch of twice that.
-    Activations are elementwise, so a unit's values do not depend on how the units are
-    split.
+    ``a (B, 4H)`` holds ``h_{t-1} W_hhᵀ`` in the four gate columns of those units (no other
+    column is read or written); ``x`` is the step's ``Xp[t]``, ``mk`` its mask row, ``ca``
+    its cache rows; ``cb``, ``tc`` float scratch of ``j1 - j0`` and ``ib`` int32 scratch of
+    twice that.  Activations are elementwise, so a unit's values do not depend on how the
+    units are split.
     """
-    B = a.shape[0]
-    H = hp.shape[1]
+    B, G = a.shape
+    H = G // 4
     n = j1 - j0
-    k0 = j0 - da                   # a's column of unit j0 in gate 0
     for b in range(B):
         ab = a[b]
         cab = ca[b]
         for q in range(4):
-            for jj in range(n):
-                ab[q * s + k0 + jj] += x[b, q * H + j0 + jj] + b_hh[q * H + j0 + jj]
-        gate_row(ab[k0:k0 + n], cab[j0:j1], hard_gates, ib)                              # i
-        gate_row(ab[s + k0:s + k0 + n], cab[H + j0:H + j1], hard_gates, ib)              # f
-        tanh_row(ab[2 * s + k0:2 * s + k0 + n], cab[2 * H + j0:2 * H + j1], ib)          # g
-        gate_row(ab[3 * s + k0:3 * s + k0 + n], cab[3 * H + j0:3 * H + j1], hard_gates,  # o
-                 ib)
+            for j in range(q * H + j0, q * H + j1):
+                ab[j] += x[b, j] + b_hh[j]
+        gate_row(ab[j0:j1], cab[j0:j1], hard_gates, ib)                                  # i
+        gate_row(ab[H + j0:H + j1], cab[H + j0:H + j1], hard_gates, ib)                  # f
+        tanh_row(ab[2 * H + j0:2 * H + j1], cab[2 * H + j0:2 * H + j1], ib)              # g
+        gate_row(ab[3 * H + j0:3 * H + j1], cab[3 * H + j0:3 * H + j1], hard_gates, ib)  # o
         if mk[b] != 0:
             for jj in range(n):
                 j = j0 + jj
@@ -130,7 +125,7 @@ def lstm_layer_forward(Xp, W_hh, b_hh, h0, c0, mask, hard_gates, Hs, Cs, cache):
     for t in range(T):
         gemm(False, True, 1.0, Hs[t], W_hh, 0.0, a)
         _forward_units(a, Xp[t], b_hh, Hs[t], Cs[t], mask[t], hard_gates, cache[t],
-                       Hs[t + 1], Cs[t + 1], 0, H, cb, tc, ib, H, 0)
+                       Hs[t + 1], Cs[t + 1], 0, H, cb, tc, ib)
 
 
 @njit(signatures("2 2 b 3 3 3 3 3 2 2"), **NUMBA_OPTIONS)
@@ -206,11 +201,35 @@ def lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0
 def _forward_block(h, Wk, ak, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc,
                    ib):
     """One forward step of hidden units ``j0:j1``: ``ak = h Wkᵀ`` (``Wk (4n, H)`` their
-    four gate blocks of ``W_hh``, packed), then :func:`_forward_units` on ``ak (B, 4n)``,
-    gate ``q`` of unit ``j0 + jj`` in column ``q n + jj``."""
+    four gate blocks of ``W_hh``, packed), then :func:`_forward_units`'s arithmetic on
+    ``ak (B, 4n)``, gate ``q`` of unit ``j0 + jj`` in column ``q n + jj``."""
     gemm(False, True, 1.0, h, Wk, 0.0, ak)
-    _forward_units(ak, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, cb, tc, ib,
-                   j1 - j0, j0)
+    B = ak.shape[0]
+    H = hp.shape[1]
+    n = j1 - j0
+    for b in range(B):
+        ab = ak[b]
+        cab = ca[b]
+        for q in range(4):
+            for jj in range(n):
+                ab[q * n + jj] += x[b, q * H + j0 + jj] + b_hh[q * H + j0 + jj]
+        gate_row(ab[0:n], cab[j0:j1], hard_gates, ib)                                  # i
+        gate_row(ab[n:2 * n], cab[H + j0:H + j1], hard_gates, ib)                      # f
+        tanh_row(ab[2 * n:3 * n], cab[2 * H + j0:2 * H + j1], ib)                      # g
+        gate_row(ab[3 * n:4 * n], cab[3 * H + j0:3 * H + j1], hard_gates, ib)          # o
+        if mk[b] != 0:
+            for jj in range(n):
+                j = j0 + jj
+                cb[jj] = cab[H + j] * cp[b, j] + cab[j] * cab[2 * H + j]
+            tanh_row(cb[:n], tc[:n], ib)
+            for jj in range(n):
+                j = j0 + jj
+                cout[b, j] = cb[jj]
+                hout[b, j] = cab[3 * H + j] * tc[jj]
+        else:
+            for j in range(j0, j1):
+                cout[b, j] = cp[b, j]
+                hout[b, j] = hp[b, j]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -237,7 +256,7 @@ def _forward_rows(Xp, W_hh, b_hh, mask, hard_gates, Hs, Cs, cache, b0, b1, a, cb
         gemm(False, True, 1.0, Hs[t][b0:b1], W_hh, 0.0, a)
         _forward_units(a, Xp[t][b0:b1], b_hh, Hs[t][b0:b1], Cs[t][b0:b1], mask[t][b0:b1],
                        hard_gates, cache[t][b0:b1], Hs[t + 1][b0:b1], Cs[t + 1][b0:b1], 0, H,
-                       cb, tc, ib, H, 0)
+                       cb, tc, ib)
 
 
 @njit(**NUMBA_OPTIONS)
