@@ -62,14 +62,11 @@ def _forward_units(a, x, b_hh, hp, cp, mk, hard_gates, ca, hout, cout, j0, j1, c
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
-def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib, dj):
+def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib):
     """Gate gradients ``g4 (B, 4H)`` of hidden units ``j0:j1`` at one step, every
     sequence; adds the step's ``dHt`` into ``dh`` and moves ``dc`` one step back, for those
-    units, unit ``j`` in column ``j - dj`` of ``dh`` and ``dc`` (``dj = 0`` when they hold
-    every unit, ``j0`` when only the block's).  ``tcb`` float scratch of ``j1 - j0``, ``ib``
-    int32 scratch of twice that."""
-    B = dh.shape[0]
-    H = cp.shape[1]
+    units.  ``tcb`` float scratch of ``j1 - j0``, ``ib`` int32 scratch of twice that."""
+    B, H = dh.shape
     n = j1 - j0
     for b in range(B):
         on = mk[b] != 0
@@ -77,8 +74,8 @@ def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib
             tanh_row(cn[b, j0:j1], tcb[:n], ib)    # the forward pass's tanh(c_t), bit for bit
         for jj in range(n):
             j = j0 + jj
-            d = dh[b, j - dj] + dHt[b, j]
-            dh[b, j - dj] = d
+            d = dh[b, j] + dHt[b, j]
+            dh[b, j] = d
             if not on:   # state held: both gradients pass through; no gate gradient
                 g4[b, j] = 0.0
                 g4[b, H + j] = 0.0
@@ -90,12 +87,12 @@ def _backward_units(ca, g4, cp, cn, mk, dHt, dh, dc, hard_gates, j0, j1, tcb, ib
             g = ca[b, 2 * H + j]
             o = ca[b, 3 * H + j]
             tc = tcb[jj]
-            dct = dc[b, j - dj] + d * o * (1.0 - tc * tc)
+            dct = dc[b, j] + d * o * (1.0 - tc * tc)
             g4[b, j] = dct * g * gate_grad(i, hard_gates)
             g4[b, H + j] = dct * cp[b, j] * gate_grad(f, hard_gates)
             g4[b, 2 * H + j] = dct * i * (1.0 - g * g)
             g4[b, 3 * H + j] = d * tc * gate_grad(o, hard_gates)
-            dc[b, j - dj] = dct * f
+            dc[b, j] = dct * f
 
 
 @njit(inline="always", **NUMBA_OPTIONS)
@@ -140,7 +137,7 @@ def lstm_layer_backward(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0
     ib = np.empty(2 * H, np.int32)   # exp scratch: twice the row
     for t in range(T - 1, -1, -1):
         _backward_units(cache[t], dG[t], Cs[t], Cs[t + 1], mask[t], dHs[t], dh, dc, hard_gates,
-                        0, H, tcb, ib, 0)
+                        0, H, tcb, ib)
         gemm(False, False, 1.0, dG[t], W_hh, 0.0, tmp)
         _carry_units(tmp, dh, mask[t], 0, H)
     dh0[:, :] = dh
@@ -240,11 +237,45 @@ def _backward_block(dGn, mkn, Wk, tmpk, ca, g4, cp, cn, mk, dHt, dhk, dck, hard_
     units' columns of ``W_hh``, packed) moved into ``dhk`` by its mask row ``mkn``
     (:func:`_carry_units`); with ``units``, this step's gate gradients
     (:func:`_backward_units`) into ``g4``."""
+    B = dhk.shape[0]
+    n = j1 - j0
     if carry:
         gemm(False, False, 1.0, dGn, Wk, 0.0, tmpk)
-        _carry_units(tmpk, dhk, mkn, 0, j1 - j0)
-    if units:
-        _backward_units(ca, g4, cp, cn, mk, dHt, dhk, dck, hard_gates, j0, j1, tcb, ib, j0)
+        for b in range(B):
+            if mkn[b] != 0:
+                for jj in range(n):
+                    dhk[b, jj] = tmpk[b, jj]
+            else:
+                for jj in range(n):
+                    dhk[b, jj] += tmpk[b, jj]
+    if not units:
+        return
+    H = cp.shape[1]
+    for b in range(B):
+        on = mk[b] != 0
+        if on:
+            tanh_row(cn[b, j0:j1], tcb[:n], ib)
+        for jj in range(n):
+            j = j0 + jj
+            d = dhk[b, jj] + dHt[b, j]
+            dhk[b, jj] = d
+            if not on:
+                g4[b, j] = 0.0
+                g4[b, H + j] = 0.0
+                g4[b, 2 * H + j] = 0.0
+                g4[b, 3 * H + j] = 0.0
+                continue
+            i = ca[b, j]
+            f = ca[b, H + j]
+            g = ca[b, 2 * H + j]
+            o = ca[b, 3 * H + j]
+            tc = tcb[jj]
+            dct = dck[b, jj] + d * o * (1.0 - tc * tc)
+            g4[b, j] = dct * g * gate_grad(i, hard_gates)
+            g4[b, H + j] = dct * cp[b, j] * gate_grad(f, hard_gates)
+            g4[b, 2 * H + j] = dct * i * (1.0 - g * g)
+            g4[b, 3 * H + j] = d * tc * gate_grad(o, hard_gates)
+            dck[b, jj] = dct * f
 
 
 @njit(**NUMBA_OPTIONS)
@@ -268,7 +299,7 @@ def _backward_rows(W_hh, mask, hard_gates, Hs, Cs, cache, dHs, dG, dh0, dc0, b0,
     dc[:, :] = 0.0
     for t in range(T - 1, -1, -1):
         _backward_units(cache[t][b0:b1], dG[t][b0:b1], Cs[t][b0:b1], Cs[t + 1][b0:b1],
-                        mask[t][b0:b1], dHs[t][b0:b1], dh, dc, hard_gates, 0, H, tcb, ib, 0)
+                        mask[t][b0:b1], dHs[t][b0:b1], dh, dc, hard_gates, 0, H, tcb, ib)
         gemm(False, False, 1.0, dG[t][b0:b1], W_hh, 0.0, tmp)
         _carry_units(tmp, dh, mask[t][b0:b1], 0, H)
     dh0[b0:b1, :] = dh
