@@ -128,9 +128,10 @@ def _step_threads(be):
     * BLAS on one thread and Numba on ``n > 1`` (:func:`fastrnn.set_num_threads`, or
       ``threadpoolctl.threadpool_limits(1)`` with ``numba.set_num_threads(n)``), Numba
       backend: Numba's ``n`` threads run the products
-      in blocks, the softmax in row chunks and the LSTM recurrence in blocks of hidden
-      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) -- one pool of
-      threads for the whole step.
+      in blocks, the softmax in row chunks, the LSTM recurrence in blocks of hidden
+      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 16
+      sequences a thread, the GRU recurrence in blocks of sequences -- one pool of threads
+      for the whole step.
 
     Returns ``n`` in the second case, else 1.
     """
@@ -142,6 +143,13 @@ def _step_threads(be):
         return 1
     from ._kernels._blas_lib import library
     return n if library().num_threads() == 1 else 1
+
+
+def _gru_kernels():
+    """The Numba GRU kernels' module (its parallel variants are not in the backend table;
+    only a Numba-backend step has threads, see :func:`_step_threads`)."""
+    from ._kernels import gru
+    return gru
 
 
 def _kernels_blas():
@@ -212,8 +220,12 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_id
             _kernel(be, "rnn_layer_forward")(Xp, W_hh, b_hh, h0[k], mask, lay.Hs)
         elif cell == "gru":
             lay.cache = np.empty((T, B, 4 * H), dt)
-            _kernel(be, "gru_layer_forward")(Xp, W_hh, b_hh, h0[k], mask, flags["reset_after"],
-                                             flags["hard_gates"], lay.Hs, lay.cache)
+            args = (Xp, W_hh, b_hh, h0[k], mask, flags["reset_after"], flags["hard_gates"],
+                    lay.Hs, lay.cache)
+            if threads > 1 and _gru_kernels().parallel_gru_by_rows(B, threads):
+                _gru_kernels().parallel_gru_layer_forward(*args, threads)
+            else:
+                _kernel(be, "gru_layer_forward")(*args)
         else:
             lay.Cs = np.empty((T + 1, B, H), dt)
             lay.cache = np.empty((T, B, 4 * H), dt)
@@ -275,8 +287,12 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
         elif cell == "gru":
             dGx = np.empty((T, B, G), dt)
             dGh = np.empty((T, B, G), dt)
-            _kernel(be, "gru_layer_backward")(W_hh, mask, flags["reset_after"], flags["hard_gates"],
-                                              lay.Hs, lay.cache, dHs, dGx, dGh, dh0[k])
+            args = (W_hh, mask, flags["reset_after"], flags["hard_gates"], lay.Hs, lay.cache, dHs,
+                    dGx, dGh, dh0[k])
+            if threads > 1 and _gru_kernels().parallel_gru_by_rows(B, threads):
+                _gru_kernels().parallel_gru_layer_backward(*args, threads)
+            else:
+                _kernel(be, "gru_layer_backward")(*args)
         else:
             dGx = np.empty((T, B, G), dt)
             args = (W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs, lay.cache, dHs, dGx,

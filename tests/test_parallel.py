@@ -179,6 +179,62 @@ def test_lstm_parallel_kernels_on_edge_shapes(dtype, by_rows, T, B, H):
             _close(got[name], want[name], dtype, f"chunks={chunks}, by_rows={by_rows}: {name}")
 
 
+def _gru_run(d, reset_after, hard, chunks):
+    from fastrnn._kernels import gru
+    T, B, G = d["Xp"].shape
+    H = G // 3
+    dt = d["Xp"].dtype
+    nan = lambda *shape: np.full(shape, np.nan, dt)  # noqa: E731 - every element written
+    Hs, cache = nan(T + 1, B, H), nan(T, B, 4 * H)
+    dGx, dGh, dh0 = nan(T, B, G), nan(T, B, G), nan(B, H)
+    fa = (d["Xp"], d["W_hh"], d["b_hh"], d["h0"], d["mask"], reset_after, hard, Hs, cache)
+    ba = (d["W_hh"], d["mask"], reset_after, hard, Hs, cache, d["dHs"], dGx, dGh, dh0)
+    if chunks is None:
+        gru.gru_layer_forward(*fa)
+        gru.gru_layer_backward(*ba)
+    else:
+        gru.parallel_gru_layer_forward(*fa, chunks)
+        gru.parallel_gru_layer_backward(*ba, chunks)
+    return dict(Hs=Hs, cache=cache, dGx=dGx, dGh=dGh, dh0=dh0)
+
+
+def _gru_case(dtype, T=6, B=5, H=7, seed=4):
+    d = _lstm_case(dtype, T=T, B=B, H=H, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    c = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    d["Xp"] = c(rng.standard_normal((T, B, 3 * H)))
+    d["W_hh"] = c(rng.uniform(-0.6, 0.6, (3 * H, H)))
+    d["b_hh"] = c(rng.uniform(-0.3, 0.3, 3 * H))
+    return d
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gru_parallel_kernels_equal_the_serial_ones(dtype, reset_after, hard):
+    d = _gru_case(dtype)
+    want = {k: v.astype(np.float64) for k, v in _gru_run(d, reset_after, hard, None).items()}
+    assert np.all(want["dGx"][4:, 0] == 0) and np.all(want["dGx"][:2, -1] == 0)  # masks bite
+    for chunks in (1, 2, 3, 4, 7):        # 7 > B = 5: clamped to one sequence per block
+        got = _gru_run(d, reset_after, hard, chunks)
+        for name in want:
+            _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("T, B, H", [(0, 3, 4), (3, 1, 1), (5, 9, 2)])
+def test_gru_parallel_kernels_on_edge_shapes(dtype, reset_after, T, B, H):
+    """No steps, one unit, one sequence, more blocks than sequences; dirty output buffers
+    (every element must be written)."""
+    d = _gru_case(dtype, T=T, B=B, H=H, seed=T + 10 * B + 100 * H)
+    want = {k: v.astype(np.float64) for k, v in _gru_run(d, reset_after, False, None).items()}
+    for chunks in (2, 3):
+        got = _gru_run(d, reset_after, False, chunks)
+        for name in want:
+            _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
+
+
 def _numba_or_skip():
     try:
         return fastrnn.get_backend("numba")
@@ -187,17 +243,25 @@ def _numba_or_skip():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cell, by_rows", [("rnn", None), ("gru", None), ("lstm", False),
-                                           ("lstm", True)])
+@pytest.mark.parametrize("cell, by_rows", [("rnn", None), ("gru", False), ("gru", True),
+                                           ("lstm", False), ("lstm", True)])
 def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell, by_rows):
     """Whole models: the same loss and gradients whichever way the step is threaded
     (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS); the LSTM's
-    recurrence in blocks of units and in blocks of sequences."""
+    recurrence in blocks of units and in blocks of sequences, the GRU's serial and in blocks
+    of sequences."""
     _numba_or_skip()
-    if by_rows is not None:
-        from fastrnn._kernels import lstm
-        assert not lstm.parallel_lstm_by_rows(13, 3)      # B = 13: units
+    from fastrnn._kernels import gru, lstm
+    assert not lstm.parallel_lstm_by_rows(13, 3)          # B = 13: units
+    assert not gru.parallel_gru_by_rows(13, 3)            # and the serial GRU kernels
+    ran = []
+    if cell == "lstm":
         monkeypatch.setattr(lstm, "parallel_lstm_by_rows", lambda B, chunks: by_rows)
+    if cell == "gru":
+        monkeypatch.setattr(gru, "parallel_gru_by_rows", lambda B, chunks: by_rows)
+        for name in ("parallel_gru_layer_forward", "parallel_gru_layer_backward"):
+            monkeypatch.setattr(gru, name, lambda *a, _f=getattr(gru, name), _n=name:
+                                ran.append(_n) or _f(*a))
     cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell]
     V, H, T, B = 1500, 24, 9, 13
     assert T * B * V * H >= blas.PARALLEL_MIN_MACS
@@ -214,6 +278,7 @@ def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, 
     monkeypatch.setattr(models, "_step_threads", lambda be: seen.append(be.name) or 3)
     L3, g3, h3 = model.loss_and_grad(x, y, mask=mask)
     assert seen == ["numba", "numba"]         # asked once forward, once backward
+    assert len(ran) == (4 if by_rows and cell == "gru" else 0)   # two layers, both ways
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert abs(L1 - L3) <= tol * abs(L1)
     for name in g1:

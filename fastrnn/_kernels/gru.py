@@ -17,31 +17,29 @@ time on a busy shared 2-core machine, so +-30 %): forward and forward + backward
 """
 from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .._config import NUMBA_OPTIONS
 from .blas import gemm
 from .common import gate_grad, gate_row, signatures, tanh_row
 
 
-@njit(signatures("3 2 1 2 2 b b 3 3"), **NUMBA_OPTIONS)
-def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cache):
-    """Forward recurrence; see :func:`fastrnn.reference.gru.gru_layer_forward`."""
-    T, B, G = Xp.shape
-    H = G // 3
+@njit(inline="always", **NUMBA_OPTIONS)
+def _forward_rows(Xp, W_hh, b_hh, mask, reset_after, hard_gates, Hs, cache, b0, b1, ghrz, ghn,
+                  rh, npre, ib):
+    """The forward recurrence of sequences ``b0:b1`` (``Hs[0]`` set); ``ghrz (b1 - b0, 2H)``,
+    ``ghn``, ``rh (b1 - b0, H)``, ``npre (H,)`` float and ``ib (4H,)`` int32 scratch."""
+    T = Xp.shape[0]
+    H = Hs.shape[2]
+    B = b1 - b0
     W_rz = W_hh[:2 * H]
     W_n = W_hh[2 * H:]
-    ghrz = np.empty((B, 2 * H), Xp.dtype)
-    ghn = np.empty((B, H), Xp.dtype)
-    rh = np.empty((B, H), Xp.dtype)
-    npre = np.empty(H, Xp.dtype)
-    ib = np.empty(4 * H, np.int32)   # exp scratch: twice the row
-    Hs[0, :, :] = h0
     for t in range(T):
-        hp = Hs[t]
-        x = Xp[t]
-        ca = cache[t]
-        hout = Hs[t + 1]
+        hp = Hs[t][b0:b1]
+        x = Xp[t][b0:b1]
+        ca = cache[t][b0:b1]
+        hout = Hs[t + 1][b0:b1]
+        mk = mask[t][b0:b1]
         gemm(False, True, 1.0, hp, W_rz, 0.0, ghrz)
         if reset_after:
             gemm(False, True, 1.0, hp, W_n, 0.0, ghn)
@@ -67,7 +65,7 @@ def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cac
                 for j in range(H):
                     npre[j] = x[b, 2 * H + j] + ghn[b, j] + b_hh[2 * H + j]
             tanh_row(npre, ca[b, 2 * H:3 * H], ib)                # n
-            if mask[t, b] != 0:
+            if mk[b] != 0:
                 for j in range(H):
                     z = ca[b, H + j]
                     hout[b, j] = (1.0 - z) * ca[b, 2 * H + j] + z * hp[b, j]
@@ -76,28 +74,44 @@ def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cac
                     hout[b, j] = hp[b, j]
 
 
-@njit(signatures("2 2 b b 3 3 3 3 3 2"), **NUMBA_OPTIONS)
-def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0):
-    """Backward recurrence; see :func:`fastrnn.reference.gru.gru_layer_backward`."""
-    T, B, H = dHs.shape
+
+
+@njit(signatures("3 2 1 2 2 b b 3 3"), **NUMBA_OPTIONS)
+def gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cache):
+    """Forward recurrence; see :func:`fastrnn.reference.gru.gru_layer_forward`."""
+    T, B, G = Xp.shape
+    H = G // 3
+    ghrz = np.empty((B, 2 * H), Xp.dtype)
+    ghn = np.empty((B, H), Xp.dtype)
+    rh = np.empty((B, H), Xp.dtype)
+    npre = np.empty(H, Xp.dtype)
+    ib = np.empty(4 * H, np.int32)   # exp scratch: twice the row
+    Hs[0, :, :] = h0
+    _forward_rows(Xp, W_hh, b_hh, mask, reset_after, hard_gates, Hs, cache, 0, B, ghrz, ghn, rh,
+                  npre, ib)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _backward_rows(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0, b0, b1,
+                   dh, dprev, dnb, drz, da, tmp):
+    """The backward recurrence of sequences ``b0:b1``; ``dh`` (zeros), ``dprev``, ``dnb``,
+    ``da``, ``tmp (b1 - b0, H)`` and ``drz (b1 - b0, 2H)`` scratch."""
+    T = dHs.shape[0]
+    H = dHs.shape[2]
+    B = b1 - b0
     W_rz = W_hh[:2 * H]
     W_n = W_hh[2 * H:]
-    dt = dHs.dtype
-    dh = np.zeros((B, H), dt)       # dL/dh_t through the recurrence and from above
-    dprev = np.empty((B, H), dt)    # dL/dh_{t-1}, built up over the step
-    dnb = np.empty((B, H), dt)      # dL/d(pre-activation of n)        (reset before W_hn)
-    drz = np.empty((B, 2 * H), dt)  # dL/d(pre-activations of r, z)    (reset before W_hn)
-    da = np.empty((B, H), dt)       # dL/d(r * h_{t-1})                (reset before W_hn)
-    tmp = np.empty((B, H), dt)
     for t in range(T - 1, -1, -1):
-        hp = Hs[t]
-        ca = cache[t]
-        gx = dGx[t]
-        gh = dGh[t]
+        hp = Hs[t][b0:b1]
+        ca = cache[t][b0:b1]
+        gx = dGx[t][b0:b1]
+        gh = dGh[t][b0:b1]
+        up_t = dHs[t][b0:b1]
+        mk = mask[t][b0:b1]
         for b in range(B):
             dhb = dh[b]
-            up = dHs[t, b]
-            if mask[t, b] == 0:     # state held: the gradient passes through, no gate gradient
+            up = up_t[b]
+            if mk[b] == 0:     # state held: the gradient passes through, no gate gradient
                 for j in range(H):
                     dhb[j] += up[j]
                     dprev[b, j] = dhb[j]
@@ -152,7 +166,7 @@ def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx,
         else:
             gemm(False, False, 1.0, dnb, W_n, 0.0, da)
             for b in range(B):
-                if mask[t, b] != 0:
+                if mk[b] != 0:
                     cab = ca[b]
                     hpb = hp[b]
                     for j in range(H):
@@ -166,7 +180,100 @@ def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx,
         for b in range(B):
             for j in range(H):
                 dh[b, j] = dprev[b, j] + tmp[b, j]
-    dh0[:, :] = dh
+    dh0[b0:b1, :] = dh
+
+
+@njit(signatures("2 2 b b 3 3 3 3 3 2"), **NUMBA_OPTIONS)
+def gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0):
+    """Backward recurrence; see :func:`fastrnn.reference.gru.gru_layer_backward`."""
+    T, B, H = dHs.shape
+    dt = dHs.dtype
+    dh = np.zeros((B, H), dt)       # dL/dh_t through the recurrence and from above
+    dprev = np.empty((B, H), dt)    # dL/dh_{t-1}, built up over the step
+    dnb = np.empty((B, H), dt)      # dL/d(pre-activation of n)        (reset before W_hn)
+    drz = np.empty((B, 2 * H), dt)  # dL/d(pre-activations of r, z)    (reset before W_hn)
+    da = np.empty((B, H), dt)       # dL/d(r * h_{t-1})                (reset before W_hn)
+    tmp = np.empty((B, H), dt)
+    _backward_rows(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0, 0, B, dh,
+                   dprev, dnb, drz, da, tmp)
+
+
+# ----------------------------------------------------------------------------- parallel
+# The same recurrences on Numba's threads in blocks of sequences, for a step whose threads
+# are Numba's while the BLAS runs on one (fastrnn.models._step_threads), used from 16
+# sequences a thread (:func:`parallel_gru_by_rows`).  Sequences are independent: each
+# thread runs the serial recurrence (_forward_rows, _backward_rows) on its rows of every
+# array, one parallel region per call, so results equal the serial kernels' up to the
+# BLAS's summation inside a product (tests/test_parallel.py).  As for the LSTM, each
+# thread's work is a separately compiled function called from the prange body.  No
+# explicit signatures: these compile on first use.
+
+
+@njit(**NUMBA_OPTIONS)
+def _forward_block(Xp, W_hh, b_hh, mask, reset_after, hard_gates, Hs, cache, b0, b1, ghrz, ghn,
+                   rh, npre, ib):
+    _forward_rows(Xp, W_hh, b_hh, mask, reset_after, hard_gates, Hs, cache, b0, b1, ghrz, ghn,
+                  rh, npre, ib)
+
+
+@njit(**NUMBA_OPTIONS)
+def _backward_block(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0, b0, b1,
+                    dh, dprev, dnb, drz, da, tmp):
+    _backward_rows(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0, b0, b1,
+                   dh, dprev, dnb, drz, da, tmp)
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def parallel_gru_layer_forward(Xp, W_hh, b_hh, h0, mask, reset_after, hard_gates, Hs, cache,
+                               chunks):
+    """:func:`gru_layer_forward` in ``chunks`` blocks of sequences over Numba's threads."""
+    T, B, G = Xp.shape
+    H = G // 3
+    dt = Xp.dtype
+    chunks = max(1, min(B, chunks))
+    m = (B + chunks - 1) // chunks
+    Hs[0, :, :] = h0
+    sf = np.empty((chunks, 4 * m * H), dt)        # ghrz (2H), ghn, rh per sequence
+    npre = np.empty((chunks, H), dt)
+    ib = np.empty((chunks, 4 * H), np.int32)
+    for k in prange(chunks):
+        b0 = k * B // chunks
+        b1 = (k + 1) * B // chunks
+        r = b1 - b0
+        _forward_block(Xp, W_hh, b_hh, mask, reset_after, hard_gates, Hs, cache, b0, b1,
+                       sf[k, :2 * r * H].reshape((r, 2 * H)),
+                       sf[k, 2 * r * H:3 * r * H].reshape((r, H)),
+                       sf[k, 3 * r * H:4 * r * H].reshape((r, H)), npre[k], ib[k])
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def parallel_gru_layer_backward(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh,
+                                dh0, chunks):
+    """:func:`gru_layer_backward` in ``chunks`` blocks of sequences over Numba's threads."""
+    T, B, H = dHs.shape
+    dt = dHs.dtype
+    chunks = max(1, min(B, chunks))
+    m = (B + chunks - 1) // chunks
+    sf = np.empty((chunks, 7 * m * H), dt)        # dh, dprev, dnb, da, tmp, drz (2H)
+    for k in prange(chunks):
+        b0 = k * B // chunks
+        b1 = (k + 1) * B // chunks
+        r = b1 - b0
+        w = sf[k, :7 * r * H]
+        dh = w[:r * H].reshape((r, H))
+        dh[:, :] = 0.0
+        _backward_block(W_hh, mask, reset_after, hard_gates, Hs, cache, dHs, dGx, dGh, dh0, b0,
+                        b1, dh, w[r * H:2 * r * H].reshape((r, H)),
+                        w[2 * r * H:3 * r * H].reshape((r, H)),
+                        w[5 * r * H:7 * r * H].reshape((r, 2 * H)),
+                        w[3 * r * H:4 * r * H].reshape((r, H)),
+                        w[4 * r * H:5 * r * H].reshape((r, H)))
+
+
+def parallel_gru_by_rows(B, chunks):
+    """Whether the parallel GRU kernels are used: from 16 sequences a thread, as for the
+    LSTM's blocks of sequences (:func:`fastrnn._kernels.lstm.parallel_lstm_by_rows`)."""
+    return B >= 16 * chunks
 
 
 # ------------------------------------------------------------------ the tutorial's update
