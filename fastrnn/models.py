@@ -130,8 +130,8 @@ def _step_threads(be):
       backend: Numba's ``n`` threads run the products
       in blocks, the softmax in row chunks, the LSTM recurrence in blocks of hidden
       units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 16
-      sequences a thread, the GRU recurrence in blocks of sequences -- one pool of threads
-      for the whole step.
+      sequences a thread, the GRU and Elman recurrences in blocks of sequences -- one pool
+      of threads for the whole step.
 
     Returns ``n`` in the second case, else 1.
     """
@@ -145,11 +145,12 @@ def _step_threads(be):
     return n if library().num_threads() == 1 else 1
 
 
-def _gru_kernels():
-    """The Numba GRU kernels' module (its parallel variants are not in the backend table;
-    only a Numba-backend step has threads, see :func:`_step_threads`)."""
-    from ._kernels import gru
-    return gru
+def _numba_kernels(name):
+    """A Numba kernel module, ``"elman"`` or ``"gru"``, for its parallel variants, which are
+    not in the backend table (only a Numba-backend step has threads, see
+    :func:`_step_threads`)."""
+    import importlib
+    return importlib.import_module(f"._kernels.{name}", __package__)
 
 
 def _kernels_blas():
@@ -217,13 +218,17 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_id
         lay.Cs = None
         lay.cache = None
         if cell == "rnn":
-            _kernel(be, "rnn_layer_forward")(Xp, W_hh, b_hh, h0[k], mask, lay.Hs)
+            args = (Xp, W_hh, b_hh, h0[k], mask, lay.Hs)
+            if threads > 1 and _numba_kernels("elman").parallel_rnn_by_rows(B, threads):
+                _numba_kernels("elman").parallel_rnn_layer_forward(*args, threads)
+            else:
+                _kernel(be, "rnn_layer_forward")(*args)
         elif cell == "gru":
             lay.cache = np.empty((T, B, 4 * H), dt)
             args = (Xp, W_hh, b_hh, h0[k], mask, flags["reset_after"], flags["hard_gates"],
                     lay.Hs, lay.cache)
-            if threads > 1 and _gru_kernels().parallel_gru_by_rows(B, threads):
-                _gru_kernels().parallel_gru_layer_forward(*args, threads)
+            if threads > 1 and _numba_kernels("gru").parallel_gru_by_rows(B, threads):
+                _numba_kernels("gru").parallel_gru_layer_forward(*args, threads)
             else:
                 _kernel(be, "gru_layer_forward")(*args)
         else:
@@ -282,15 +287,19 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
         G = W_hh.shape[0]
         if cell == "rnn":
             dGx = np.empty((T, B, G), dt)
-            _kernel(be, "rnn_layer_backward")(W_hh, mask, lay.Hs, dHs, dGx, dh0[k])
+            args = (W_hh, mask, lay.Hs, dHs, dGx, dh0[k])
+            if threads > 1 and _numba_kernels("elman").parallel_rnn_by_rows(B, threads):
+                _numba_kernels("elman").parallel_rnn_layer_backward(*args, threads)
+            else:
+                _kernel(be, "rnn_layer_backward")(*args)
             dGh = dGx
         elif cell == "gru":
             dGx = np.empty((T, B, G), dt)
             dGh = np.empty((T, B, G), dt)
             args = (W_hh, mask, flags["reset_after"], flags["hard_gates"], lay.Hs, lay.cache, dHs,
                     dGx, dGh, dh0[k])
-            if threads > 1 and _gru_kernels().parallel_gru_by_rows(B, threads):
-                _gru_kernels().parallel_gru_layer_backward(*args, threads)
+            if threads > 1 and _numba_kernels("gru").parallel_gru_by_rows(B, threads):
+                _numba_kernels("gru").parallel_gru_layer_backward(*args, threads)
             else:
                 _kernel(be, "gru_layer_backward")(*args)
         else:

@@ -235,6 +235,42 @@ def test_gru_parallel_kernels_on_edge_shapes(dtype, reset_after, T, B, H):
             _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
 
 
+def _elman_run(d, chunks):
+    from fastrnn._kernels import elman
+    T, B, H = d["Xp"].shape
+    dt = d["Xp"].dtype
+    Hs, dG, dh0 = np.full((T + 1, B, H), np.nan, dt), np.full((T, B, H), np.nan, dt), \
+        np.full((B, H), np.nan, dt)
+    fa = (d["Xp"], d["W_hh"], d["b_hh"], d["h0"], d["mask"], Hs)
+    ba = (d["W_hh"], d["mask"], Hs, d["dHs"], dG, dh0)
+    if chunks is None:
+        elman.rnn_layer_forward(*fa)
+        elman.rnn_layer_backward(*ba)
+    else:
+        elman.parallel_rnn_layer_forward(*fa, chunks)
+        elman.parallel_rnn_layer_backward(*ba, chunks)
+    return dict(Hs=Hs, dG=dG, dh0=dh0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T, B, H", [(6, 5, 7), (0, 3, 4), (3, 1, 1), (5, 9, 2)])
+def test_elman_parallel_kernels_equal_the_serial_ones(dtype, T, B, H):
+    """Masked steps, no steps, one unit, one sequence, more blocks than sequences; dirty
+    output buffers (every element must be written)."""
+    d = _lstm_case(dtype, T=T, B=B, H=H, seed=5 + T + 10 * B)
+    rng = np.random.default_rng(6)
+    d["Xp"] = np.ascontiguousarray(rng.standard_normal((T, B, H)), dtype=dtype)
+    d["W_hh"] = np.ascontiguousarray(rng.uniform(-0.6, 0.6, (H, H)), dtype=dtype)
+    d["b_hh"] = np.ascontiguousarray(rng.uniform(-0.3, 0.3, H), dtype=dtype)
+    want = {k: v.astype(np.float64) for k, v in _elman_run(d, None).items()}
+    if (T, B) == (6, 5):
+        assert np.all(want["dG"][3:, 0] == 0) and np.all(want["dG"][:2, -1] == 0)  # masks bite
+    for chunks in (1, 2, 3, 7):
+        got = _elman_run(d, chunks)
+        for name in want:
+            _close(got[name], want[name], dtype, f"chunks={chunks}: {name}")
+
+
 def _numba_or_skip():
     try:
         return fastrnn.get_backend("numba")
@@ -243,24 +279,26 @@ def _numba_or_skip():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cell, by_rows", [("rnn", None), ("gru", False), ("gru", True),
-                                           ("lstm", False), ("lstm", True)])
+@pytest.mark.parametrize("cell, by_rows", [("rnn", False), ("rnn", True), ("gru", False),
+                                           ("gru", True), ("lstm", False), ("lstm", True)])
 def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell, by_rows):
     """Whole models: the same loss and gradients whichever way the step is threaded
     (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS); the LSTM's
-    recurrence in blocks of units and in blocks of sequences, the GRU's serial and in blocks
-    of sequences."""
+    recurrence in blocks of units and in blocks of sequences, the GRU's and the Elman
+    layer's serial and in blocks of sequences."""
     _numba_or_skip()
-    from fastrnn._kernels import gru, lstm
+    from fastrnn._kernels import elman, gru, lstm
     assert not lstm.parallel_lstm_by_rows(13, 3)          # B = 13: units
-    assert not gru.parallel_gru_by_rows(13, 3)            # and the serial GRU kernels
+    assert not gru.parallel_gru_by_rows(13, 3)            # and the serial GRU and Elman
+    assert not elman.parallel_rnn_by_rows(13, 3)          # kernels
     ran = []
     if cell == "lstm":
         monkeypatch.setattr(lstm, "parallel_lstm_by_rows", lambda B, chunks: by_rows)
-    if cell == "gru":
-        monkeypatch.setattr(gru, "parallel_gru_by_rows", lambda B, chunks: by_rows)
-        for name in ("parallel_gru_layer_forward", "parallel_gru_layer_backward"):
-            monkeypatch.setattr(gru, name, lambda *a, _f=getattr(gru, name), _n=name:
+    else:
+        mod, pre = (gru, "gru") if cell == "gru" else (elman, "rnn")
+        monkeypatch.setattr(mod, f"parallel_{pre}_by_rows", lambda B, chunks: by_rows)
+        for name in (f"parallel_{pre}_layer_forward", f"parallel_{pre}_layer_backward"):
+            monkeypatch.setattr(mod, name, lambda *a, _f=getattr(mod, name), _n=name:
                                 ran.append(_n) or _f(*a))
     cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell]
     V, H, T, B = 1500, 24, 9, 13
@@ -278,7 +316,7 @@ def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, 
     monkeypatch.setattr(models, "_step_threads", lambda be: seen.append(be.name) or 3)
     L3, g3, h3 = model.loss_and_grad(x, y, mask=mask)
     assert seen == ["numba", "numba"]         # asked once forward, once backward
-    assert len(ran) == (4 if by_rows and cell == "gru" else 0)   # two layers, both ways
+    assert len(ran) == (4 if by_rows and cell != "lstm" else 0)   # two layers, both ways
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert abs(L1 - L3) <= tol * abs(L1)
     for name in g1:

@@ -12,7 +12,7 @@ Also exports the output-layer kernels every language model uses, ``rnn_softmax_x
 """
 from . import _numba_init  # noqa: F401,I001 - the cache stamp first
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .._config import NUMBA_OPTIONS
 from .blas import gemm
@@ -21,20 +21,21 @@ from .common import signatures, tanh_row
 from .common import softmax_xent as rnn_softmax_xent  # noqa: F401
 
 
-@njit(signatures("3 2 1 2 2 3"), **NUMBA_OPTIONS)
-def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
-    """Forward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_forward`."""
-    T, B, H = Xp.shape
-    a = np.empty((B, H), Xp.dtype)
-    ib = np.empty(2 * H, np.int32)   # exp scratch: twice the row
-    Hs[0, :, :] = h0
+@njit(inline="always", **NUMBA_OPTIONS)
+def _forward_rows(Xp, W_hh, b_hh, mask, Hs, b0, b1, a, ib):
+    """The forward recurrence of sequences ``b0:b1`` (``Hs[0]`` set); ``a (b1 - b0, H)``
+    float and ``ib (2H,)`` int32 scratch."""
+    T = Xp.shape[0]
+    H = Xp.shape[2]
+    B = b1 - b0
     for t in range(T):
-        hp = Hs[t]
+        hp = Hs[t][b0:b1]
         gemm(False, True, 1.0, hp, W_hh, 0.0, a)
-        x = Xp[t]
-        hn = Hs[t + 1]
+        x = Xp[t][b0:b1]
+        hn = Hs[t + 1][b0:b1]
+        mk = mask[t][b0:b1]
         for b in range(B):
-            if mask[t, b] == 0:
+            if mk[b] == 0:
                 for j in range(H):
                     hn[b, j] = hp[b, j]
             else:
@@ -44,27 +45,103 @@ def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
                 tanh_row(ab, hn[b], ib)
 
 
+@njit(signatures("3 2 1 2 2 3"), **NUMBA_OPTIONS)
+def rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs):
+    """Forward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_forward`."""
+    T, B, H = Xp.shape
+    a = np.empty((B, H), Xp.dtype)
+    ib = np.empty(2 * H, np.int32)   # exp scratch: twice the row
+    Hs[0, :, :] = h0
+    _forward_rows(Xp, W_hh, b_hh, mask, Hs, 0, B, a, ib)
+
+
+@njit(inline="always", **NUMBA_OPTIONS)
+def _backward_rows(W_hh, mask, Hs, dHs, dG, dh0, b0, b1, dh, tmp):
+    """The backward recurrence of sequences ``b0:b1``; ``dh`` (zeros) and ``tmp
+    (b1 - b0, H)`` scratch."""
+    T = dHs.shape[0]
+    H = dHs.shape[2]
+    B = b1 - b0
+    for t in range(T - 1, -1, -1):
+        g = dG[t][b0:b1]
+        h = Hs[t + 1][b0:b1]
+        up = dHs[t][b0:b1]
+        mk = mask[t][b0:b1]
+        for b in range(B):
+            on = mk[b] != 0
+            for j in range(H):
+                d = dh[b, j] + up[b, j]
+                dh[b, j] = d
+                g[b, j] = d * (1.0 - h[b, j] * h[b, j]) if on else 0.0
+        gemm(False, False, 1.0, g, W_hh, 0.0, tmp)
+        for b in range(B):
+            if mk[b] != 0:
+                for j in range(H):
+                    dh[b, j] = tmp[b, j]
+            else:   # padding: the state was held, its gradient passes through unchanged
+                for j in range(H):
+                    dh[b, j] += tmp[b, j]   # tmp[b] is 0 here (g[b] == 0)
+    dh0[b0:b1, :] = dh
+
+
 @njit(signatures("2 2 3 3 3 2"), **NUMBA_OPTIONS)
 def rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0):
     """Backward recurrence; see :func:`fastrnn.reference.elman.rnn_layer_backward`."""
     T, B, H = dHs.shape
     dh = np.zeros((B, H), dHs.dtype)
     tmp = np.empty((B, H), dHs.dtype)
-    for t in range(T - 1, -1, -1):
-        g = dG[t]
-        h = Hs[t + 1]
-        for b in range(B):
-            on = mask[t, b] != 0
-            for j in range(H):
-                d = dh[b, j] + dHs[t, b, j]
-                dh[b, j] = d
-                g[b, j] = d * (1.0 - h[b, j] * h[b, j]) if on else 0.0
-        gemm(False, False, 1.0, g, W_hh, 0.0, tmp)
-        for b in range(B):
-            if mask[t, b] != 0:
-                for j in range(H):
-                    dh[b, j] = tmp[b, j]
-            else:   # padding: the state was held, its gradient passes through unchanged
-                for j in range(H):
-                    dh[b, j] += tmp[b, j]   # tmp[b] is 0 here (g[b] == 0)
-    dh0[:, :] = dh
+    _backward_rows(W_hh, mask, Hs, dHs, dG, dh0, 0, B, dh, tmp)
+
+
+# ----------------------------------------------------------------------------- parallel
+# The recurrences in blocks of sequences on Numba's threads, as the GRU's
+# (:mod:`fastrnn._kernels.gru`): each thread runs the serial loops on its rows, one parallel
+# region per call; used from 16 sequences a thread after ``fastrnn.set_num_threads``.
+
+
+@njit(**NUMBA_OPTIONS)
+def _forward_block(Xp, W_hh, b_hh, mask, Hs, b0, b1, a, ib):
+    _forward_rows(Xp, W_hh, b_hh, mask, Hs, b0, b1, a, ib)
+
+
+@njit(**NUMBA_OPTIONS)
+def _backward_block(W_hh, mask, Hs, dHs, dG, dh0, b0, b1, dh, tmp):
+    _backward_rows(W_hh, mask, Hs, dHs, dG, dh0, b0, b1, dh, tmp)
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def parallel_rnn_layer_forward(Xp, W_hh, b_hh, h0, mask, Hs, chunks):
+    """:func:`rnn_layer_forward` in ``chunks`` blocks of sequences over Numba's threads."""
+    T, B, H = Xp.shape
+    chunks = max(1, min(B, chunks))
+    m = (B + chunks - 1) // chunks
+    Hs[0, :, :] = h0
+    af = np.empty((chunks, m * H), Xp.dtype)
+    ib = np.empty((chunks, 2 * H), np.int32)
+    for k in prange(chunks):
+        b0 = k * B // chunks
+        b1 = (k + 1) * B // chunks
+        _forward_block(Xp, W_hh, b_hh, mask, Hs, b0, b1,
+                       af[k, :(b1 - b0) * H].reshape((b1 - b0, H)), ib[k])
+
+
+@njit(parallel=True, **NUMBA_OPTIONS)
+def parallel_rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0, chunks):
+    """:func:`rnn_layer_backward` in ``chunks`` blocks of sequences over Numba's threads."""
+    T, B, H = dHs.shape
+    chunks = max(1, min(B, chunks))
+    m = (B + chunks - 1) // chunks
+    sf = np.empty((chunks, 2 * m * H), dHs.dtype)
+    for k in prange(chunks):
+        b0 = k * B // chunks
+        b1 = (k + 1) * B // chunks
+        r = b1 - b0
+        dh = sf[k, :r * H].reshape((r, H))
+        dh[:, :] = 0.0
+        _backward_block(W_hh, mask, Hs, dHs, dG, dh0, b0, b1, dh,
+                        sf[k, r * H:2 * r * H].reshape((r, H)))
+
+
+def parallel_rnn_by_rows(B, chunks):
+    """Whether the parallel Elman kernels are used: from 16 sequences a thread."""
+    return B >= 16 * chunks
