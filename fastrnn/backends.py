@@ -157,7 +157,8 @@ def set_num_threads(n):
     A Numba-backend step (``loss``, ``loss_and_grad``, training) then runs all its parallel
     parts on the one pool of Numba's threads: the whole-sequence products in blocks (each
     a single-threaded BLAS call), the softmax in chunks of rows, the LSTM recurrence in
-    blocks of hidden units (or of sequences, for a large batch).  Left at their defaults
+    blocks of hidden units (or of sequences, for a large batch), the GRU and Elman
+    recurrences in blocks of sequences from 16 sequences a thread.  Left at their defaults
     (BLAS on every core), BLAS threads the products and the rest of the step runs
     serially, because OpenBLAS's workers keep spinning for a while after each product and
     slow any other threads started then.
