@@ -146,8 +146,8 @@ def _step_threads(be):
 
 
 def _numba_kernels(name):
-    """A Numba kernel module, ``"elman"`` or ``"gru"``, for its parallel variants, which are
-    not in the backend table (only a Numba-backend step has threads, see
+    """A Numba kernel module (``"elman"``, ``"gru"``, ``"lstm"``), for its parallel variants,
+    which are not in the backend table (only a Numba-backend step has threads, see
     :func:`_step_threads`)."""
     import importlib
     return importlib.import_module(f"._kernels.{name}", __package__)
@@ -237,9 +237,9 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_id
             args = (Xp, W_hh, b_hh, h0[k], c0[k], mask, flags["hard_gates"], lay.Hs, lay.Cs,
                     lay.cache)
             if threads > 1:
-                from ._kernels import lstm as _lstm
-                _lstm.parallel_lstm_layer_forward(*args, threads,
-                                                  _lstm.parallel_lstm_by_rows(B, threads))
+                kern = _numba_kernels("lstm")
+                kern.parallel_lstm_layer_forward(*args, threads,
+                                                 kern.parallel_lstm_by_rows(B, threads))
             else:
                 _kernel(be, "lstm_layer_forward")(*args)
         out.append(lay)
@@ -307,9 +307,9 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
             args = (W_hh, mask, flags["hard_gates"], lay.Hs, lay.Cs, lay.cache, dHs, dGx,
                     dh0[k], dc0[k])
             if threads > 1:
-                from ._kernels import lstm as _lstm
-                _lstm.parallel_lstm_layer_backward(*args, threads,
-                                                   _lstm.parallel_lstm_by_rows(B, threads))
+                kern = _numba_kernels("lstm")
+                kern.parallel_lstm_layer_backward(*args, threads,
+                                                  kern.parallel_lstm_by_rows(B, threads))
             else:
                 _kernel(be, "lstm_layer_backward")(*args)
             dGh = dGx
