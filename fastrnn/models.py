@@ -323,7 +323,8 @@ def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_id
     return out
 
 
-def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, threads=None):
+def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, threads=None,
+                   out=None):
     """Full BPTT through a stack run by :func:`stack_forward`.
 
     Parameters
@@ -334,11 +335,16 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
         Whether to compute the gradient of the first layer's input.
     threads : int, optional
         :func:`_step_threads`'s answer, if the caller has it.
+    out : list of tuple, optional
+        Per layer ``(dW_ih, dW_hh, db_ih, db_hh)`` arrays (each may be None) to write the
+        gradients into instead of new arrays: C-contiguous, writeable, of the parameter's
+        shape and dtype, not overlapping each other or any input (checked by the caller).
 
     Returns
     -------
     grads : list of tuple
-        Per layer ``(dW_ih, dW_hh, db_ih, db_hh)`` (biases always returned).
+        Per layer ``(dW_ih, dW_hh, db_ih, db_hh)`` (biases always returned; the arrays of
+        ``out`` where given).
     dX0 : ndarray, shape (T, B, I0), or None
     dh0, dc0 : ndarray, shape (L, B, H) (``dc0`` None unless LSTM)
     """
@@ -393,19 +399,26 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
         gh = dGh.reshape(T * B, G)
         inp = lay.inp.reshape(T * B, -1)
         hprev = lay.Hs[:T].reshape(T * B, H)
+        o_ih, o_hh, o_bih, o_bhh = out[k] if out is not None else (None,) * 4
         if lay.ids is not None:        # one-hot input: column v sums the rows at id v
             dW_ih = _one_hot_weight_grad(lay.ids, gx, W_ih.shape[1])
+            if o_ih is not None:
+                o_ih[...] = dW_ih
+                dW_ih = o_ih
         else:
-            dW_ih = _mm(be, gx, inp, trans_a=True, threads=threads)
+            dW_ih = _mm(be, gx, inp, trans_a=True, threads=threads, out=o_ih)
         if cell == "gru" and not flags["reset_after"]:
             # the n rows of W_hh act on r * h_{t-1}, cached by the kernel
-            dW_hh = np.empty_like(W_hh)
+            dW_hh = np.empty_like(W_hh) if o_hh is None else o_hh
             dW_hh[:2 * H] = gh[:, :2 * H].T @ hprev
             dW_hh[2 * H:] = gh[:, 2 * H:].T @ lay.cache[:, :, 3 * H:].reshape(T * B, H)
         else:
-            dW_hh = _mm(be, gh, hprev, trans_a=True, threads=threads)
-        db_ih = gx.sum(axis=0)
-        db_hh = db_ih.copy() if gh is gx else gh.sum(axis=0)   # RNN, LSTM: the same sums
+            dW_hh = _mm(be, gh, hprev, trans_a=True, threads=threads, out=o_hh)
+        db_ih = gx.sum(axis=0, out=o_bih)
+        if gh is gx:                   # RNN, LSTM: the same sums
+            db_hh = db_ih.copy() if o_bhh is None else np.copyto(o_bhh, db_ih) or o_bhh
+        else:
+            db_hh = gh.sum(axis=0, out=o_bhh)
         grads[k] = (dW_ih, dW_hh, db_ih, db_hh)
         if k > 0 or need_dX0:
             dX = _mm(be, gx, W_ih, threads=threads).reshape(T, B, -1)
@@ -899,7 +912,7 @@ class _LanguageModel:
                              f"(T*B, vocab_size) = {(n_tok, self.vocab_size)}, got {Z.shape}")
         return float(self._be.rnn_softmax_xent(Z, ya.reshape(-1), m.reshape(-1), 1.0 / count))
 
-    def _grouped(self, xa, ya, m, h0, c0, count, groups, backward):
+    def _grouped(self, xa, ya, m, h0, c0, count, groups, backward, outs=None):
         """The loss (and with ``backward`` the gradient) of the batch, split into groups of
         sequences (:func:`_batch_groups`) run at once on threads of their own.
 
@@ -911,8 +924,12 @@ class _LanguageModel:
         over them afterwards.  The groups' totals and weight gradients are summed in group
         order: the result equals one pass over the whole batch up to rounding.
 
-        Returns ``(total, back, hidden)``: the summed NLL, ``(layer_grads, dX0, top, dZ)``
-        (``None`` without ``backward``) and the final state.
+        ``outs``, as :func:`stack_backward`'s ``out``, receives the first group's layer
+        gradients and then the sums.
+
+        Returns ``(total, back, hidden)``: the summed NLL, ``(layer_grads, dX0, top, dZ,
+        db)`` (``db`` the decoder bias's gradient, summed per group; ``None`` without
+        ``backward``) and the final state.
         """
         T, B = xa.shape
         H = self.hidden_size
@@ -921,7 +938,7 @@ class _LanguageModel:
         Z = self._logits_buffer(T * B)
         top = np.empty((T * B, H), self.dtype)
 
-        def part(b0, b1):
+        def part(b0, b1, out):
             def cols(a):                # axis 1 is the batch in (T, B) and (L, B, H)
                 return None if a is None else np.ascontiguousarray(a[:, b0:b1])
             xg, yg, mg, h0g, c0g = (cols(a) for a in (xa, ya, m, h0, c0))
@@ -934,13 +951,14 @@ class _LanguageModel:
                 bias=p["decoder.bias"])
             total = self._xent(Zg, yg, mg, count)
             if not backward:
-                return total, self._hidden_out(caches), None, None
+                return total, self._hidden_out(caches), None, None, None
             dTop = _mm(be, Zg, p["decoder.weight"], threads=1).reshape(T, b1 - b0, H)
             lg, dX0, _, _ = stack_backward(be, self.cell, self.flags, layers, caches, mg, dTop,
-                                           threads=1)
-            return total, self._hidden_out(caches), lg, dX0
+                                           threads=1, out=out)
+            return total, self._hidden_out(caches), lg, dX0, Zg.sum(axis=0)
 
-        parts = _in_parallel([lambda b0=b0, b1=b1: part(b0, b1) for b0, b1 in groups])
+        parts = _in_parallel([lambda b0=b0, b1=b1, out=(outs if i == 0 else None):
+                              part(b0, b1, out) for i, (b0, b1) in enumerate(groups)])
         total = 0.0
         for r in parts:
             total += r[0]
@@ -950,7 +968,7 @@ class _LanguageModel:
             hidden = np.concatenate([r[1] for r in parts], axis=1)
         if not backward:
             return total, None, hidden
-        lg = [tuple(a.copy() for a in grads) for grads in parts[0][2]]
+        lg = parts[0][2]                # the first group's arrays (`outs` or new): summed into
         for r in parts[1:]:
             for acc, grads in zip(lg, r[2]):
                 for a, b in zip(acc, grads):
@@ -958,7 +976,10 @@ class _LanguageModel:
         dX0 = np.empty((T, B, self.embedding_dim), self.dtype)
         for (b0, b1), r in zip(groups, parts):
             dX0[:, b0:b1] = r[3]
-        return total, (lg, dX0, top, Z), hidden
+        db = parts[0][4]
+        for r in parts[1:]:
+            db += r[4]
+        return total, (lg, dX0, top, Z, db), hidden
 
     def forward(self, x, hidden=None, mask=None, output="log_probs"):
         """Run the model over a batch.
@@ -1080,17 +1101,22 @@ class _LanguageModel:
         p = self._params
         threads = _step_threads(self._be)
         groups = _batch_groups(T, B, threads)
+        # the recurrent layers' gradients go straight into the arrays of `grads`
+        outs = None if grads is None else [
+            tuple(grads.get(f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(self.num_layers)]
         if groups is None:
             layers, caches, top, dZ = self._run(xa, m, h0, c0, reuse=True, threads=threads)
             total = self._xent(dZ, ya, m, count)
             dTop = _mm(self._be, dZ, p["decoder.weight"], threads=threads).reshape(
                 T, B, self.hidden_size)
             lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m,
-                                           dTop, threads=threads)
+                                           dTop, threads=threads, out=outs)
             hidden_out = self._hidden_out(caches)
+            db = None
         else:
-            total, (lg, dX0, top, dZ), hidden_out = self._grouped(xa, ya, m, h0, c0, count,
-                                                                  groups, True)
+            total, (lg, dX0, top, dZ, db), hidden_out = self._grouped(
+                xa, ya, m, h0, c0, count, groups, True, outs)
         L = total / count
         g = grads if grads is not None else {}
         ids, rows = _embedding_rows(xa, dX0)
@@ -1108,7 +1134,7 @@ class _LanguageModel:
         def put(name, value):
             if grads is None:
                 g[name] = value
-            else:
+            elif g[name] is not value:
                 g[name][...] = value
 
         for k, (dW_ih, dW_hh, db_ih, db_hh) in enumerate(lg):
@@ -1119,7 +1145,9 @@ class _LanguageModel:
                 put(f"bias_hh_l{k}", db_hh)
         g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"),
                                   threads=threads)
-        if grads is None:
+        if db is not None:
+            put("decoder.bias", db)
+        elif grads is None:
             g["decoder.bias"] = dZ.sum(axis=0)
         else:
             dZ.sum(axis=0, out=g["decoder.bias"])

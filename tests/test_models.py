@@ -443,19 +443,23 @@ def test_from_torch_state_dict_checks_ndim():
 # ------------------------------------------------------------- reused gradient arrays
 
 @pytest.mark.parametrize("be", ["numpy"] + compiled_backends())
-@pytest.mark.parametrize("cls,kw", [MODELS[0], MODELS[1], MODELS[4]], ids=["RNN", "GRU", "LSTM"])
-def test_grads_passed_back_are_overwritten_with_the_same_values(cls, kw, be):
-    """``loss_and_grad(..., grads=g)`` writes into ``g`` exactly what a fresh call returns,
-    whatever ``g`` held before (stale values, a different batch's gradient)."""
-    m = cls(13, 5, num_layers=2, dtype=np.float64, backend=be, seed=2, **kw)
+@pytest.mark.parametrize("cls,kw", [MODELS[0], MODELS[1], MODELS[2], MODELS[4]],
+                         ids=["RNN", "GRU", "GRU-reset_after", "LSTM"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_grads_passed_back_are_overwritten_with_the_same_values(cls, kw, be, bias):
+    """``loss_and_grad(..., grads=g)`` writes into ``g``'s own arrays exactly what a fresh
+    call returns, whatever ``g`` held before (stale values, a different batch's gradient)."""
+    m = cls(13, 5, num_layers=2, bias=bias, dtype=np.float64, backend=be, seed=2, **kw)
     x, y = batch(T=5, B=3, V=13, seed=6)
     x2, y2 = batch(T=5, B=3, V=13, seed=7)
     _, g, _ = m.loss_and_grad(x2, y2)          # another batch touches other embedding rows
     for a in g.values():
         a += 3.0                                # and stale garbage on top
+    arrays = dict(g)
     L_fresh, fresh, h_fresh = m.loss_and_grad(x, y)
     L, same, h = m.loss_and_grad(x, y, grads=g)
     assert same is g and L == L_fresh
+    assert all(g[n] is a for n, a in arrays.items())
     assert list(g) == list(fresh) == list(m.parameters())
     for n in fresh:
         np.testing.assert_array_equal(g[n], fresh[n], err_msg=n)
