@@ -154,15 +154,11 @@ def set_num_threads(n):
     OpenBLAS (see :func:`backend_info`), so every NumPy product in the process then runs
     on one thread too, as after ``threadpoolctl.threadpool_limits(1)``.
 
-    A Numba-backend step of a language model (``loss``, ``loss_and_grad``, training) then
-    runs on ``n`` threads.  A batch of fewer than 16 sequences a thread (with at least 40
-    tokens a group) is cut into ``n`` groups of sequences, each run whole -- forward,
-    softmax, backward -- with single-threaded BLAS on the calling thread or one of
-    ``n - 1`` Python threads fastrnn keeps, and the groups' gradients are summed in a fixed
-    order.  Otherwise the step is one pass on Numba's threads: the whole-sequence products
-    in blocks (each a single-threaded BLAS call), the softmax in chunks of rows, the
-    recurrences in blocks of sequences from 16 sequences a thread (below that, the LSTM's
-    in blocks of hidden units, the GRU's and Elman's serial).  Left at their defaults
+    A Numba-backend step (``loss``, ``loss_and_grad``, training) then runs all its parallel
+    parts on the one pool of Numba's threads: the whole-sequence products in blocks (each
+    a single-threaded BLAS call), the softmax in chunks of rows, the LSTM recurrence in
+    blocks of hidden units (or of sequences, for a large batch), the GRU and Elman
+    recurrences in blocks of sequences from 16 sequences a thread.  Left at their defaults
     (BLAS on every core), BLAS threads the products and the rest of the step runs
     serially, because OpenBLAS's workers keep spinning for a while after each product and
     slow any other threads started then.

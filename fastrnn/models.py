@@ -127,12 +127,11 @@ def _step_threads(be):
       (see :func:`fastrnn._kernels.common._blas_single_threaded`).
     * BLAS on one thread and Numba on ``n > 1`` (:func:`fastrnn.set_num_threads`, or
       ``threadpoolctl.threadpool_limits(1)`` with ``numba.set_num_threads(n)``), Numba
-      backend: a batch of fewer than 16 sequences a thread (and at least 40 tokens a
-      group) is split into groups of sequences, each run whole on a thread of its own
-      (:func:`_batch_groups`); otherwise Numba's ``n`` threads run the products in blocks,
-      the softmax in row chunks, the LSTM recurrence in blocks of hidden units or of
-      sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 16 sequences a
-      thread, the GRU and Elman recurrences in blocks of sequences.
+      backend: Numba's ``n`` threads run the products
+      in blocks, the softmax in row chunks, the LSTM recurrence in blocks of hidden
+      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 16
+      sequences a thread, the GRU and Elman recurrences in blocks of sequences -- one pool
+      of threads for the whole step.
 
     Returns ``n`` in the second case, else 1.
     """
@@ -157,81 +156,6 @@ def _numba_kernels(name):
 def _kernels_blas():
     from ._kernels._blas_lib import library
     return library().name
-
-
-# A threaded step splits its batch into groups of sequences run whole on threads of their
-# own (:func:`_batch_groups`) below GROUP_MAX_ROWS sequences a thread -- from there the
-# recurrence kernels' own blocks of sequences (``parallel_*_by_rows``) take over -- and
-# when each group has at least GROUP_MIN_TOKENS tokens.
-GROUP_MAX_ROWS = 16
-GROUP_MIN_TOKENS = 40
-
-
-def _batch_groups(T, B, threads):
-    """How a threaded step splits a batch of ``B`` sequences of ``T`` steps: a list of
-    ``(b0, b1)`` column ranges, one per group, or ``None`` for one pass over the batch.
-
-    Each group runs its whole forward and backward pass -- embedding rows, the recurrence,
-    the decoder product, the softmax and ``dL/dh`` of the top layer -- on a thread of its
-    own, each product a single-threaded BLAS call, with no barrier until the end (see
-    :meth:`_LanguageModel._grouped`).  The alternative at these batch sizes, one pass with
-    the recurrence split by hidden units, meets a barrier every time step, and on a shared
-    2-core machine each of them waits for whichever thread was delayed.
-
-    Measured on two threads (float32 LSTM, V=10000, H=200, 2 layers, medians of 4 runs of
-    20 steps): T=20, B=20: 71.9 against 90.8 ms; B=8: 37.7 against 48.5 ms; B=4: 24.2
-    against 28.1 ms; T=40, B=2: 29.3 against 40.2 ms -- but with 20 tokens a group
-    (T=20, B=2; T=10, B=4; T=5, B=8) 19-26 ms against 12-18 ms, since two threads running
-    products of 20 rows against the same 8 MB decoder matrix each took as long as the
-    whole batch's product split over both.  Hence at least :data:`GROUP_MIN_TOKENS` tokens
-    a group.
-    """
-    if threads <= 1 or B >= GROUP_MAX_ROWS * threads:
-        return None
-    n = min(threads, B, (T * B) // GROUP_MIN_TOKENS)
-    if n < 2:
-        return None
-    edges = [B * g // n for g in range(n + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-_POOL_LOCK = threading.Lock()
-_POOL = [None, 0, 0]          # executor, its number of workers, the process it belongs to
-
-
-def _in_parallel(tasks):
-    """Run the callables ``tasks`` at once, the first on the calling thread and the others
-    on a shared pool of Python threads; return their results in order.
-
-    Every task is waited for before anything is raised (they write into shared arrays);
-    the first exception raised, in task order, is re-raised.  The kernels and NumPy's
-    products release the GIL, so the tasks run in parallel.  The pool is re-created in a
-    forked child (whose copy of the parent's pool has no threads).
-    """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-    need = len(tasks) - 1
-    with _POOL_LOCK:
-        pool, workers, pid = _POOL
-        if pool is None or workers < need or pid != os.getpid():
-            if pool is not None and pid == os.getpid():
-                pool.shutdown(wait=False)
-            pool = ThreadPoolExecutor(max_workers=need, thread_name_prefix="fastrnn-group")
-            _POOL[:] = [pool, need, os.getpid()]
-    futures = [pool.submit(t) for t in tasks[1:]]
-    results, errors = [None] * len(tasks), []
-    try:
-        results[0] = tasks[0]()
-    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others finish
-        errors.append(exc)
-    for i, f in enumerate(futures, 1):
-        try:
-            results[i] = f.result()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def stack_forward(be, cell, flags, layers, X0, h0, c0, mask, threads=None, X0_ids=None):
@@ -416,7 +340,11 @@ def stack_backward(be, cell, flags, layers, caches, mask, dTop, need_dX0=True, t
             dW_hh = _mm(be, gh, hprev, trans_a=True, threads=threads, out=o_hh)
         db_ih = gx.sum(axis=0, out=o_bih)
         if gh is gx:                   # RNN, LSTM: the same sums
-            db_hh = db_ih.copy() if o_bhh is None else np.copyto(o_bhh, db_ih) or o_bhh
+            if o_bhh is None:
+                db_hh = db_ih.copy()
+            else:
+                db_hh = o_bhh
+                db_hh[...] = db_ih
         else:
             db_hh = gh.sum(axis=0, out=o_bhh)
         grads[k] = (dW_ih, dW_hh, db_ih, db_hh)
@@ -866,120 +794,21 @@ class _LanguageModel:
             buf = local.logits = np.empty(shape, self.dtype)
         return buf
 
-    def _inputs(self, x, hidden, mask):
-        """Checked ``(xa, mask, h0, c0)`` of a pass over ``x``."""
+    def _run(self, x, hidden, mask, reuse=False):
         self._check_params()
         xa = _tokens2d(x, self.vocab_size, "x")
         T, B = xa.shape
         m = _mask(mask, (T, B), self.dtype)
         h0, c0 = self._hidden_in(hidden, B)
-        return xa, m, h0, c0
-
-    def _targets(self, y, xa, m):
-        """Checked targets ``ya`` (the shape of ``xa``) and the number of unmasked tokens."""
-        ya = _tokens2d(y, self.vocab_size, "y")
-        if ya.shape != xa.shape:
-            raise ValueError(f"y must have the shape of x {xa.shape}, got {ya.shape}")
-        count = float(m.sum())
-        if count == 0:
-            raise ValueError("mask selects no tokens; the mean loss is undefined")
-        return ya, count
-
-    def _run(self, xa, m, h0, c0, reuse=False, threads=None):
-        """Forward pass over the whole batch: ``(layers, caches, top, Z)``, ``Z`` the logits
-        ``(T*B, V)`` in time-major row order."""
-        T, B = xa.shape
         X0 = self._params["embedding.weight"][xa]                # (T, B, E), a copy
         layers = self._layers()
-        if threads is None:
-            threads = _step_threads(self._be)
+        threads = _step_threads(self._be)
         caches = stack_forward(self._be, self.cell, self.flags, layers, X0, h0, c0, m, threads)
         top = caches[-1].Hs[1:].reshape(T * B, self.hidden_size)
         Z = _mm(self._be, top, self._params["decoder.weight"], trans_b=True,
                 out=self._logits_buffer(T * B) if reuse else None, threads=threads,
                 bias=self._params["decoder.bias"])
-        return layers, caches, top, Z
-
-    def _xent(self, Z, ya, m, count):
-        """The summed NLL of the logits ``Z`` against ``ya`` (masked, each token weighted
-        ``1/count``); ``Z`` becomes ``dL/dZ`` of the mean loss."""
-        # rnn_softmax_xent indexes Z[i, y[i]] without bounds checks: y was checked against
-        # vocab_size, so the logits must be exactly that wide (guaranteed by _check_params).
-        n_tok = ya.size
-        if Z.shape != (n_tok, self.vocab_size) or Z.dtype != self.dtype \
-                or not Z.flags.c_contiguous:
-            raise ValueError(f"logits must be a C-contiguous {self.dtype.name} array of shape "
-                             f"(T*B, vocab_size) = {(n_tok, self.vocab_size)}, got {Z.shape}")
-        return float(self._be.rnn_softmax_xent(Z, ya.reshape(-1), m.reshape(-1), 1.0 / count))
-
-    def _grouped(self, xa, ya, m, h0, c0, count, groups, backward, outs=None):
-        """The loss (and with ``backward`` the gradient) of the batch, split into groups of
-        sequences (:func:`_batch_groups`) run at once on threads of their own.
-
-        Each group does its forward pass, its rows of the logits, the softmax and, with
-        ``backward``, ``dL/dh`` of the top layer and BPTT through the stack -- all serial,
-        each product a single-threaded BLAS call -- into its rows of the shared logits
-        buffer and top-layer outputs.  Those hold the groups one after another (within a
-        group, time-major), so the decoder's weight gradient ``dZᵀ top`` is one product
-        over them afterwards.  The groups' totals and weight gradients are summed in group
-        order: the result equals one pass over the whole batch up to rounding.
-
-        ``outs``, as :func:`stack_backward`'s ``out``, receives the first group's layer
-        gradients and then the sums.
-
-        Returns ``(total, back, hidden)``: the summed NLL, ``(layer_grads, dX0, top, dZ,
-        db)`` (``db`` the decoder bias's gradient, summed per group; ``None`` without
-        ``backward``) and the final state.
-        """
-        T, B = xa.shape
-        H = self.hidden_size
-        be, p = self._be, self._params
-        layers = self._layers()
-        Z = self._logits_buffer(T * B)
-        top = np.empty((T * B, H), self.dtype)
-
-        def part(b0, b1, out):
-            def cols(a):                # axis 1 is the batch in (T, B) and (L, B, H)
-                return None if a is None else np.ascontiguousarray(a[:, b0:b1])
-            xg, yg, mg, h0g, c0g = (cols(a) for a in (xa, ya, m, h0, c0))
-            X0 = p["embedding.weight"][xg]
-            caches = stack_forward(be, self.cell, self.flags, layers, X0, h0g, c0g, mg, 1)
-            rows = slice(T * b0, T * b1)
-            top[rows] = caches[-1].Hs[1:].reshape(T * (b1 - b0), H)
-            Zg = Z[rows]
-            _mm(be, top[rows], p["decoder.weight"], trans_b=True, out=Zg, threads=1,
-                bias=p["decoder.bias"])
-            total = self._xent(Zg, yg, mg, count)
-            if not backward:
-                return total, self._hidden_out(caches), None, None, None
-            dTop = _mm(be, Zg, p["decoder.weight"], threads=1).reshape(T, b1 - b0, H)
-            lg, dX0, _, _ = stack_backward(be, self.cell, self.flags, layers, caches, mg, dTop,
-                                           threads=1, out=out)
-            return total, self._hidden_out(caches), lg, dX0, Zg.sum(axis=0)
-
-        parts = _in_parallel([lambda b0=b0, b1=b1, out=(outs if i == 0 else None):
-                              part(b0, b1, out) for i, (b0, b1) in enumerate(groups)])
-        total = 0.0
-        for r in parts:
-            total += r[0]
-        if self.cell == "lstm":
-            hidden = tuple(np.concatenate([r[1][i] for r in parts], axis=1) for i in (0, 1))
-        else:
-            hidden = np.concatenate([r[1] for r in parts], axis=1)
-        if not backward:
-            return total, None, hidden
-        lg = parts[0][2]                # the first group's arrays (`outs` or new): summed into
-        for r in parts[1:]:
-            for acc, grads in zip(lg, r[2]):
-                for a, b in zip(acc, grads):
-                    a += b
-        dX0 = np.empty((T, B, self.embedding_dim), self.dtype)
-        for (b0, b1), r in zip(groups, parts):
-            dX0[:, b0:b1] = r[3]
-        db = parts[0][4]
-        for r in parts[1:]:
-            db += r[4]
-        return total, (lg, dX0, top, Z, db), hidden
+        return xa, m, layers, caches, top, Z
 
     def forward(self, x, hidden=None, mask=None, output="log_probs"):
         """Run the model over a batch.
@@ -1001,8 +830,7 @@ class _LanguageModel:
         """
         if output not in ("log_probs", "logits", "probs"):
             raise ValueError(f"output must be 'log_probs', 'logits' or 'probs', got {output!r}")
-        xa, m, h0, c0 = self._inputs(x, hidden, mask)
-        layers, caches, top, Z = self._run(xa, m, h0, c0)
+        xa, m, layers, caches, top, Z = self._run(x, hidden, mask)
         T, B = xa.shape
         if output != "logits":
             self._be.rnn_log_softmax(Z, Z)
@@ -1011,6 +839,24 @@ class _LanguageModel:
         return Z.reshape(T, B, self.vocab_size), self._hidden_out(caches)
 
     __call__ = forward
+
+    def _loss(self, x, y, mask, hidden):
+        xa, m, layers, caches, top, Z = self._run(x, hidden, mask, reuse=True)
+        ya = _tokens2d(y, self.vocab_size, "y")
+        if ya.shape != xa.shape:
+            raise ValueError(f"y must have the shape of x {xa.shape}, got {ya.shape}")
+        count = float(m.sum())
+        if count == 0:
+            raise ValueError("mask selects no tokens; the mean loss is undefined")
+        # rnn_softmax_xent indexes Z[i, y[i]] without bounds checks: y was checked against
+        # vocab_size, so the logits must be exactly that wide (guaranteed by _check_params).
+        n_tok = xa.size
+        if Z.shape != (n_tok, self.vocab_size) or Z.dtype != self.dtype \
+                or not Z.flags.c_contiguous:
+            raise ValueError(f"logits must be a C-contiguous {self.dtype.name} array of shape "
+                             f"(T*B, vocab_size) = {(n_tok, self.vocab_size)}, got {Z.shape}")
+        total = float(self._be.rnn_softmax_xent(Z, ya.reshape(-1), m.reshape(-1), 1.0 / count))
+        return total / count, xa, m, layers, caches, top, Z
 
     def loss(self, x, y, mask=None, hidden=None):
         """Mean negative log-likelihood per unmasked token.
@@ -1028,15 +874,8 @@ class _LanguageModel:
             ``-(1/N) sum_{t,b: mask=1} log p(y[t, b] | x[:t+1, b])``, ``N = mask.sum()``.
         hidden : the final state
         """
-        xa, m, h0, c0 = self._inputs(x, hidden, mask)
-        ya, count = self._targets(y, xa, m)
-        threads = _step_threads(self._be)
-        groups = _batch_groups(*xa.shape, threads)
-        if groups is not None:
-            total, _, hidden_out = self._grouped(xa, ya, m, h0, c0, count, groups, False)
-            return total / count, hidden_out
-        layers, caches, top, Z = self._run(xa, m, h0, c0, reuse=True, threads=threads)
-        return self._xent(Z, ya, m, count) / count, self._hidden_out(caches)
+        L, xa, m, layers, caches, top, Z = self._loss(x, y, mask, hidden)
+        return L, self._hidden_out(caches)
 
     def loss_and_grad(self, x, y, mask=None, hidden=None, grads=None, sparse_embedding=False):
         """Mean NLL and its exact gradient (full BPTT over the ``T`` steps given).
@@ -1095,29 +934,18 @@ class _LanguageModel:
                     if np.may_share_memory(a1, a2):
                         raise ValueError(f"grads[{n1!r}] and grads[{n2!r}] share memory; each "
                                          "gradient needs its own array")
-        xa, m, h0, c0 = self._inputs(x, hidden, mask)
-        ya, count = self._targets(y, xa, m)
+        L, xa, m, layers, caches, top, dZ = self._loss(x, y, mask, hidden)
         T, B = xa.shape
         p = self._params
         threads = _step_threads(self._be)
-        groups = _batch_groups(T, B, threads)
+        dTop = _mm(self._be, dZ, p["decoder.weight"], threads=threads).reshape(
+            T, B, self.hidden_size)
         # the recurrent layers' gradients go straight into the arrays of `grads`
         outs = None if grads is None else [
             tuple(grads.get(f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             for k in range(self.num_layers)]
-        if groups is None:
-            layers, caches, top, dZ = self._run(xa, m, h0, c0, reuse=True, threads=threads)
-            total = self._xent(dZ, ya, m, count)
-            dTop = _mm(self._be, dZ, p["decoder.weight"], threads=threads).reshape(
-                T, B, self.hidden_size)
-            lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m,
-                                           dTop, threads=threads, out=outs)
-            hidden_out = self._hidden_out(caches)
-            db = None
-        else:
-            total, (lg, dX0, top, dZ, db), hidden_out = self._grouped(
-                xa, ya, m, h0, c0, count, groups, True, outs)
-        L = total / count
+        lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop,
+                                       threads=threads, out=outs)
         g = grads if grads is not None else {}
         ids, rows = _embedding_rows(xa, dX0)
         if sparse_embedding:
@@ -1145,15 +973,13 @@ class _LanguageModel:
                 put(f"bias_hh_l{k}", db_hh)
         g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"),
                                   threads=threads)
-        if db is not None:
-            put("decoder.bias", db)
-        elif grads is None:
+        if grads is None:
             g["decoder.bias"] = dZ.sum(axis=0)
         else:
             dZ.sum(axis=0, out=g["decoder.bias"])
         if grads is None:                        # the documented key order
             g = {n: g[n] for n in want}
-        return L, g, hidden_out
+        return L, g, self._hidden_out(caches)
 
     def __repr__(self):
         extra = "".join(f", {k}={v}" for k, v in self.flags.items())

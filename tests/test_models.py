@@ -627,3 +627,36 @@ def test_training_with_sparse_embedding_equals_dense(opt_name, clip):
             np.testing.assert_allclose(runs[1][n], runs[0][n], rtol=1e-5, atol=1e-7, err_msg=n)
         else:
             np.testing.assert_array_equal(runs[1][n], runs[0][n], err_msg=n)
+
+
+@pytest.mark.parametrize("cell, flags", [("lstm", {"hard_gates": False}),
+                                         ("gru", {"reset_after": False, "hard_gates": False}),
+                                         ("rnn", {})])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_stack_backward_writes_into_out(cell, flags, one_hot):
+    """``stack_backward(out=...)``: the gradients land in the given arrays (one-hot first
+    layer too), bit for bit what new arrays get; ``None`` entries get new arrays."""
+    from fastrnn.models import stack_backward
+    be = fastrnn.get_backend("numpy")
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    T, B, I, H = 4, 3, 6, 5
+    rng = np.random.default_rng(9)
+    layers = [tuple(rng.uniform(-0.5, 0.5, s) for s in [(G * H, i), (G * H, H), (G * H,), (G * H,)])
+              for i in (I, H)]
+    ids = rng.integers(0, I, (T, B)).astype(np.intp)
+    X0 = np.eye(I)[ids] if one_hot else rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((2, B, H))
+    c0 = rng.standard_normal((2, B, H)) if cell == "lstm" else None
+    mask = np.ones((T, B))
+    caches = stack_forward(be, cell, flags, layers, X0, h0, c0, mask,
+                           X0_ids=ids if one_hot else None)
+    dTop = rng.standard_normal((T, B, H))
+    want, _, _, _ = stack_backward(be, cell, flags, layers, caches, mask, dTop)
+    out = [tuple(np.full_like(p, np.nan) for p in lay) for lay in layers]
+    out[1] = out[1][:2] + (None, None)
+    got, _, _, _ = stack_backward(be, cell, flags, layers, caches, mask, dTop, out=out)
+    for k in range(2):
+        for i in range(4):
+            if out[k][i] is not None:
+                assert got[k][i] is out[k][i]
+            np.testing.assert_array_equal(got[k][i], want[k][i])

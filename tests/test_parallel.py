@@ -311,12 +311,11 @@ def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, 
     mask = np.ones((T, B))
     mask[6:, 2] = 0
     seen = []
-    monkeypatch.setattr(models, "_batch_groups", lambda T, B, threads: None)   # one pass
     monkeypatch.setattr(models, "_step_threads", lambda be: 1)
     L1, g1, h1 = model.loss_and_grad(x, y, mask=mask)
     monkeypatch.setattr(models, "_step_threads", lambda be: seen.append(be.name) or 3)
     L3, g3, h3 = model.loss_and_grad(x, y, mask=mask)
-    assert seen == ["numba"]                  # asked once a step
+    assert seen == ["numba", "numba"]         # asked once forward, once backward
     assert len(ran) == (4 if by_rows and cell != "lstm" else 0)   # two layers, both ways
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert abs(L1 - L3) <= tol * abs(L1)
@@ -324,113 +323,6 @@ def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, 
         _close(g3[name], g1[name].astype(np.float64), dtype, name)
     for a, b in zip(h1 if cell == "lstm" else [h1], h3 if cell == "lstm" else [h3]):
         _close(b, a.astype(np.float64), dtype, "hidden state")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("sparse", [False, True])
-def test_grouped_step_equals_the_serial_step(monkeypatch, dtype, cell, sparse):
-    """A threaded step over groups of sequences (uneven groups, a padded sequence, a given
-    initial state, a reused ``grads`` dict) gives the serial step's loss, gradients and
-    final state, and its groups really run on threads of their own."""
-    _numba_or_skip()
-    import threading
-    cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell]
-    V, H, T, B = 300, 6, 7, 13
-    model = cls(V, H, num_layers=2, dtype=dtype, backend="numba", seed=3)
-    rng = np.random.default_rng(4)
-    for p in model.parameters().values():
-        p[...] = rng.uniform(-0.3, 0.3, p.shape)
-    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
-    mask = np.ones((T, B))
-    mask[4:, 5] = 0                            # in the second group
-    mask[:, 12] = 0                            # a sequence that is all padding
-    h = rng.uniform(-0.5, 0.5, (2, B, H)).astype(dtype)
-    hidden = (h, rng.uniform(-0.5, 0.5, (2, B, H)).astype(dtype)) if cell == "lstm" else h
-
-    def run():
-        L, g, hout = model.loss_and_grad(x, y, mask=mask, hidden=hidden, sparse_embedding=sparse)
-        g = {n: a.toarray() if hasattr(a, "toarray") else a.copy() for n, a in g.items()}
-        return L, g, hout, model.loss(x, y, mask=mask, hidden=hidden)
-
-    monkeypatch.setattr(models, "_step_threads", lambda be: 1)
-    L1, g1, h1, (E1, he1) = run()
-    monkeypatch.setattr(models, "_step_threads", lambda be: 3)
-    monkeypatch.setattr(models, "GROUP_MIN_TOKENS", 1)
-    assert models._batch_groups(T, B, 3) == [(0, 4), (4, 8), (8, 13)]
-    where, groups = [], []
-    forward = models.stack_forward
-    monkeypatch.setattr(models, "stack_forward", lambda be, cell, flags, layers, X0, *a, **k:
-                        where.append((threading.get_ident(), X0.shape[1])) or
-                        forward(be, cell, flags, layers, X0, *a, **k))
-    grouped = models._LanguageModel._grouped
-    monkeypatch.setattr(models._LanguageModel, "_grouped",
-                        lambda self, *a: groups.append(a[6]) or grouped(self, *a))
-    grads = {n: np.full_like(a, np.nan) for n, a in model.parameters().items()}
-    L3, g3, h3 = model.loss_and_grad(x, y, mask=mask, hidden=hidden, grads=grads,
-                                     sparse_embedding=sparse)
-    assert g3 is grads
-    E3, he3 = model.loss(x, y, mask=mask, hidden=hidden)
-    assert len(groups) == 2 and sorted(n for _, n in where) == [4, 4, 4, 4, 5, 5]
-    assert len({t for t, _ in where}) >= 2, "the groups all ran on one thread"
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert abs(L1 - L3) <= tol * abs(L1) and abs(E1 - E3) <= tol * abs(E1) and L1 == E1
-    for name in g1:
-        got = g3[name].toarray() if hasattr(g3[name], "toarray") else g3[name]
-        _close(got, g1[name].astype(np.float64), dtype, name)
-    pairs = zip(h1 + he1, h3 + he3) if cell == "lstm" else [(h1, h3), (he1, he3)]
-    for a, b in pairs:
-        assert b.shape == (2, B, H) and b.dtype == dtype
-        _close(b, a.astype(np.float64), dtype, "hidden state")
-
-
-def test_batch_groups():
-    bg = models._batch_groups
-    assert bg(20, 20, 1) is None                            # one thread
-    assert bg(20, 32, 2) is None and bg(20, 31, 2) is not None  # from 16 a thread: by rows
-    assert bg(20, 3, 2) is None                             # 60 tokens: not two groups of 40
-    assert bg(20, 4, 2) == [(0, 2), (2, 4)]
-    assert bg(40, 2, 2) == [(0, 1), (1, 2)]                 # one sequence a group
-    assert bg(20, 20, 2) == [(0, 10), (10, 20)]
-    assert bg(20, 5, 4) == [(0, 2), (2, 5)]                 # 100 tokens: two groups
-    assert bg(100, 3, 4) == [(0, 1), (1, 2), (2, 3)]        # no more groups than sequences
-    for T, B, n in [(20, 20, 3), (7, 45, 4), (40, 9, 2)]:
-        g = bg(T, B, n)
-        assert g[0][0] == 0 and g[-1][1] == B and len(g) <= n
-        assert all(b0 < b1 == c0 for (b0, b1), (c0, _) in zip(g, g[1:] + [(B, B)]))
-
-
-def test_in_parallel_waits_for_every_task_and_raises_the_first_error():
-    import threading
-    import time
-    done = []
-
-    def slow():
-        time.sleep(0.05)
-        done.append("slow")
-        return 2
-
-    def bad():
-        raise KeyError("task 2")
-
-    assert models._in_parallel([lambda: 1, slow, lambda: 3]) == [1, 2, 3]
-    done.clear()
-    with pytest.raises(ZeroDivisionError):
-        models._in_parallel([lambda: 1 / 0, slow, bad])
-    assert done == ["slow"]                   # waited for, though the first task failed
-    with pytest.raises(KeyError, match="task 2"):
-        models._in_parallel([lambda: 1, slow, bad])
-    ident = models._in_parallel([threading.get_ident, threading.get_ident])
-    assert ident[0] == threading.get_ident() and ident[1] != ident[0]
-
-
-def test_in_parallel_makes_a_new_pool_in_a_forked_child(monkeypatch):
-    import os
-    models._in_parallel([lambda: 0, lambda: 1])
-    pool = models._POOL[0]
-    monkeypatch.setattr(os, "getpid", lambda: -1)         # as seen from a child
-    assert models._in_parallel([lambda: 0, lambda: 1]) == [0, 1]
-    assert models._POOL[0] is not pool and models._POOL[2] == -1
 
 
 def test_step_threads_needs_numba_threads_and_single_threaded_blas(monkeypatch):
@@ -446,9 +338,8 @@ def test_step_threads_needs_numba_threads_and_single_threaded_blas(monkeypatch):
 
 
 def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
-    """``fastrnn.set_num_threads(2)`` puts BLAS on one thread and a step on two threads:
-    at 132 tokens in groups of sequences, at 33 on Numba's two (the LSTM's parallel kernels
-    and the block products run)."""
+    """``fastrnn.set_num_threads(2)`` puts BLAS on one thread and a step on Numba's
+    two: the LSTM's parallel kernels and the block products run."""
     import numba
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from fastrnn._kernels import _blas_lib, lstm
@@ -460,27 +351,23 @@ def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
                       (lstm, "parallel_lstm_layer_backward"), (blas, "gemm_parallel")]:
         fn = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
-    grouped = models._LanguageModel._grouped
-    monkeypatch.setattr(models._LanguageModel, "_grouped",
-                        lambda self, *a: calls.append("grouped") or grouped(self, *a))
     model = fastrnn.LSTM(2000, 16, dtype=np.float64, backend="numba", seed=0)
-    xs = [np.arange(12 * 11).reshape(12, 11) % 2000, np.arange(3 * 11).reshape(3, 11) % 7]
+    x = np.arange(12 * 11).reshape(12, 11) % 2000
     before = numba.get_num_threads()
     with threadpoolctl.threadpool_limits(limits=None):     # restores BLAS's count after
         try:
             fastrnn.set_num_threads(2)
             assert _blas_lib.library().num_threads() == 1 and numba.get_num_threads() == 2
             assert models._step_threads(be) == 2
-            L2 = [model.loss_and_grad(x, x)[0] for x in xs]
+            L2, g2, _ = model.loss_and_grad(x, x)
             fastrnn.set_num_threads(1)
             assert models._step_threads(be) == 1
         finally:
             numba.set_num_threads(before)
-    assert calls[0] == "grouped" and {"parallel_lstm_layer_forward",
-                                      "parallel_lstm_layer_backward", "gemm_parallel"} \
-        <= set(calls[1:])
-    L1 = [model.loss_and_grad(x, x)[0] for x in xs]
-    assert all(abs(a - b) <= 1e-12 * a for a, b in zip(L1, L2))
+    assert {"parallel_lstm_layer_forward", "parallel_lstm_layer_backward",
+            "gemm_parallel"} <= set(calls)
+    L1, g1, _ = model.loss_and_grad(x, x)
+    assert abs(L1 - L2) <= 1e-12 * L1
 
 
 @pytest.mark.parametrize("bad", [0, -1, 10 ** 6, 1.5, "2", True, None])
