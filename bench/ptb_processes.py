@@ -10,7 +10,8 @@ then ``--steps`` timed steps; the pairs are run in turn ``--rounds`` times, so a
 load on the shared machine falls on several of them rather than on one.  Prints every
 process's median and minimum, then per pair the median of the medians and the minimum of
 the minima, and the ratios (``x torch``, ``x jax``: the peer's time / this row's; one
-thread / two threads).
+thread / two threads).  ``steal`` is the share of the machine's CPU time the hypervisor took
+for other guests while a process timed its steps (``/proc/stat``; nan where unreadable).
 
 ``numba-pool`` is the Numba backend after ``fastrnn.set_num_threads(n)``: BLAS on one thread
 and the whole step on Numba's ``n`` threads (its "vs 1 thread" ratio is against ``numba``);
@@ -35,6 +36,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = ("torch", "jax")
+
+
+def cpu_ticks():
+    """``(steal, total)`` CPU ticks of the machine so far (``/proc/stat``), or None.  Steal is
+    time the hypervisor gave this virtual machine's CPUs to someone else."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
 def child(impl, threads, steps):
@@ -69,13 +81,18 @@ def child(impl, threads, steps):
     step()
     step()
     times = []
+    before = cpu_ticks()
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    after = cpu_ticks()
     if ctx is not None:
         ctx.__exit__(None, None, None)
-    print(f"{statistics.median(times) * 1e3:.2f} {min(times) * 1e3:.2f}")
+    steal = float("nan")
+    if before and after and after[1] > before[1]:
+        steal = 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+    print(f"{statistics.median(times) * 1e3:.2f} {min(times) * 1e3:.2f} {steal:.1f}")
 
 
 def main():
@@ -108,10 +125,10 @@ def main():
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--steps",
                                       str(args.steps), "--child", impl, str(threads)],
                                      capture_output=True, text=True, check=True).stdout.split()
-                med, low = float(out[0]), float(out[1])
+                med, low, steal = float(out[0]), float(out[1]), float(out[2])
                 runs.setdefault((impl, threads), []).append((med, low))
                 print(f"round {r + 1}: {impl:10s} {threads} thread(s)  median {med:7.1f} ms"
-                      f"  min {low:7.1f} ms", flush=True)
+                      f"  min {low:7.1f} ms  steal {steal:4.1f} %", flush=True)
     print()
     summary = {k: (statistics.median(m for m, _ in v), min(lo for _, lo in v))
                for k, v in runs.items()}

@@ -21,6 +21,8 @@ optimizer's update, at the learning rate fastrnn's step uses (0).  JAX runs on t
 count its process started with (one, set by ``xla_threads.py``): its ``ptb-lstm`` row at any
 other count is skipped here and timed by ``bench/ptb_processes.py`` instead.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -364,6 +366,8 @@ def test_ptb_processes_script_runs():
             assert f"{impl:10s} {threads} thread(s): median of medians" in out, out
     if POOL:
         assert "numba-pool 2 thread(s)" in out and "2 threads vs 1:" in out, out
+    steals = re.findall(r"steal +(\S+) %", out)
+    assert steals and all(s == "nan" or 0.0 <= float(s) <= 100.0 for s in steals), out
     if "numba" in BACKENDS:
         for peer in installed:
             assert f"; x {peer} " in out, out
