@@ -6,6 +6,7 @@ choice logic, the strided ``gemm`` wrapper the Numba kernels use, and that the f
 path (32-bit integers) computes the same model as the default one.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -245,3 +246,88 @@ def test_kernel_cached_for_the_other_width_still_links(tmp_path, monkeypatch):
         if f.suffix in (".nbi", ".nbc"):
             shutil.copy(f, sub / f.name)
     assert run_isolated(SWITCH).strip() == "scipy"
+
+
+STALE_I32 = r"""
+import sys
+import numpy as np
+from fastrnn._kernels._blas_lib import library
+from fastrnn._kernels.blas import gemm
+before = "scipy.linalg" in sys.modules
+for dt in (np.float64, np.float32):
+    a = np.arange(6.0, dtype=dt).reshape(2, 3)
+    c = np.zeros((2, 2), dt)
+    gemm(False, True, 1.0, a, a, 0.0, c)
+    assert np.array_equal(c, a @ a.T), (dt, c)
+print(library().name, int(before), int("scipy.linalg" in sys.modules))
+"""
+
+
+def test_kernel_cached_for_scipy_blas_runs_in_a_numpy_blas_process(tmp_path, monkeypatch):
+    """The mirror case: kernels compiled for SciPy's 32-bit BLAS come back into a cache
+    stamped for NumPy's 64-bit one.  Their symbols are bound to stand-ins that find SciPy's
+    routines at the first call (SciPy is not imported before: start-up does not need it),
+    so both products are right and SciPy is imported only then."""
+    import shutil
+    try:
+        _blas_lib._from_numpy()
+        _blas_lib._from_scipy()
+    except _blas_lib.BlasNotFound as exc:
+        pytest.skip(f"needs both NumPy's and SciPy's BLAS: {exc}")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTRNN_BLAS", "scipy")
+    assert run_isolated(STALE_I32).split() == ["scipy", "1", "1"]
+    (sub,) = (tmp_path / "cache").iterdir()
+    saved = tmp_path / "saved"
+    shutil.copytree(sub, saved)
+    monkeypatch.setenv("FASTRNN_BLAS", "numpy")
+    assert run_isolated(STALE_I32).split() == ["numpy", "0", "0"]   # fresh 64-bit kernels
+    for f in saved.iterdir():                      # the race: 32-bit kernels come back
+        if f.suffix in (".nbi", ".nbc"):
+            shutil.copy(f, sub / f.name)
+    assert run_isolated(STALE_I32).split() == ["numpy", "0", "1"]
+
+
+NO_SCIPY_AT_START = r"""
+import sys
+import numpy as np
+import fastrnn
+m = fastrnn.RNNNumpy(50, 8, backend="numba")
+m.sgd_step([1, 2, 3], [2, 3, 4], 0.005)
+started = "scipy.linalg" in sys.modules
+from numba.np import arraymath, linalg
+import numba
+@numba.njit
+def dot(a, b):
+    return np.dot(a, b)
+a = np.arange(6.0).reshape(2, 3)
+assert np.array_equal(dot(a, a.T), a @ a.T)
+print(int(started), int(arraymath._HAVE_BLAS), linalg.ensure_blas.__module__,
+      int("scipy.linalg" in sys.modules))
+"""
+
+
+def test_numba_start_up_does_not_import_scipy(tmp_path, monkeypatch):
+    """A Numba-backend step loads no ``scipy.linalg`` (0.2-0.5 s of start-up); Numba's
+    answer to "is SciPy's BLAS there" is the same as its own check's, its own check is back
+    in place, and a user's ``np.dot`` in Numba still compiles (importing SciPy then)."""
+    pytest.importorskip("scipy.linalg")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTRNN_BLAS", raising=False)
+    if _blas_lib.library().name != "numpy":
+        pytest.skip("with SciPy's BLAS in use, SciPy is imported by design")
+    assert run_isolated(NO_SCIPY_AT_START).split() == ["0", "1", "numba.np.linalg", "1"]
+
+
+def test_scipy_blas_presence_check_agrees_with_importing(monkeypatch):
+    from fastrnn._kernels import _scipy_blas_present
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+        importable = True
+    except ImportError:
+        importable = False
+    assert _scipy_blas_present() is importable
+    monkeypatch.delitem(sys.modules, "scipy.linalg.cython_blas", raising=False)
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert _scipy_blas_present() is False

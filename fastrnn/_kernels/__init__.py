@@ -16,10 +16,21 @@ cleared when the stamp differs.  ``tests/test_cache.py`` checks this.  The stamp
 exclude a kernel written by a concurrent process with the other BLAS choice, or one in
 Numba's per-user fallback cache of a read-only install; such a kernel still links to a
 library of its own integer width (:func:`fastrnn._kernels.blas._register_other_width`).
+
+SciPy at start-up
+-----------------
+The kernels call the BLAS of :mod:`._blas_lib` (NumPy's own, usually) and never SciPy's,
+but Numba's array-math module, imported when Numba first compiles or loads a function,
+asks whether SciPy's BLAS exists by importing ``scipy.linalg.cython_blas`` -- all of
+``scipy.linalg``, 0.2-0.5 s of a warm start on the 2-core machine.
+:func:`_defer_scipy_import` answers that question by finding the module's file instead;
+``scipy.linalg`` is then imported only when something uses it (Numba's own ``np.dot``
+on arrays does, at compile time, through Numba's unchanged check).
 """
 import glob
 import hashlib
 import os
+import sys
 
 
 def _cache_dir():
@@ -79,3 +90,47 @@ def _check_cache():
     except OSError:
         pass  # a read-only install: Numba then falls back to its own cache locator
 
+
+
+def _scipy_blas_present():
+    """Whether ``scipy.linalg.cython_blas`` can be found, without importing ``scipy.linalg``."""
+    if "scipy.linalg.cython_blas" in sys.modules:
+        return True
+    import importlib.machinery
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("scipy")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    paths = [os.path.join(p, "linalg") for p in spec.submodule_search_locations]
+    return importlib.machinery.PathFinder.find_spec("scipy.linalg.cython_blas",
+                                                    paths) is not None
+
+
+def _defer_scipy_import():
+    """Import Numba's array-math module with its SciPy check answered by
+    :func:`_scipy_blas_present` (same answer, no ``scipy.linalg`` import); Numba's own
+    ``ensure_blas`` is put back straight after.  A no-op once either module is loaded or
+    when this Numba is laid out differently (then the start-up is only slower)."""
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return False
+    try:
+        from numba.np import linalg
+        real = linalg.ensure_blas
+    except (ImportError, AttributeError):
+        return False
+
+    def ensure_blas():
+        if not _scipy_blas_present():
+            raise ImportError("scipy 0.16+ is required for linear algebra")
+
+    linalg.ensure_blas = ensure_blas
+    try:
+        from numba.np import arraymath
+    finally:
+        linalg.ensure_blas = real
+    if getattr(arraymath, "ensure_blas", None) is ensure_blas:
+        arraymath.ensure_blas = real
+    return True

@@ -1,6 +1,8 @@
 """Imported first by every Numba kernel module: the on-disk cache stamp is checked (and a
 stale cache cleared) once, before any kernel is compiled or loaded.  The Cython modules do
-not import it, so the Cython backend runs without importing Numba at all."""
-from . import _check_cache
+not import it, so the Cython backend runs without importing Numba at all.  Numba's start-up
+is then kept from importing ``scipy.linalg`` (:func:`._defer_scipy_import`)."""
+from . import _check_cache, _defer_scipy_import
 
 _check_cache()
+_defer_scipy_import()

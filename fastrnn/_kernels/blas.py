@@ -19,6 +19,10 @@ width is a compile-time constant here, and the external symbols are named by it
 for the other choice can never pass wrong-sized integers (see ``_register_other_width``).
 """
 from . import _numba_init  # noqa: F401,I001 - the cache stamp first
+import ctypes
+import os
+import sys
+
 import llvmlite.binding as _llvm
 import numpy as np
 from numba import config as _numba_config
@@ -49,18 +53,62 @@ def _register_other_width():
     at the same time, nor when the stamp cannot be written (a read-only install, where
     Numba falls back to a per-user cache).  A kernel compiled for the other width then
     still links to a library of its own width -- a correct result on the other library,
-    instead of "LLVM ERROR: Symbol not found" and an abort.  (SciPy's BLAS module is
-    imported by Numba's own start-up anyway.)
+    instead of "LLVM ERROR: Symbol not found" and an abort.
+
+    With NumPy's 64-bit library in use, the other is SciPy's, and finding it imports
+    ``scipy.linalg`` (0.2-0.5 s), which nothing else at start-up needs any more
+    (:func:`fastrnn._kernels._defer_scipy_import`).  So its symbols are bound to stand-ins
+    (:func:`_scipy_stand_ins`) that look SciPy's routines up at their first call, which only
+    such a stale kernel ever makes.  Returns what was bound, or None.
     """
-    from ._blas_lib import BlasNotFound, _from_numpy, _from_scipy
+    from ._blas_lib import BlasNotFound, _from_numpy
+    if LIBRARY.ilp64:
+        stand_ins = _scipy_stand_ins()
+        if stand_ins is not None:
+            for name, fn in stand_ins.items():
+                _llvm.add_symbol(f"fastrnn_{name}_i32", ctypes.cast(fn, ctypes.c_void_p).value)
+        return stand_ins
     try:
-        other = _from_scipy() if LIBRARY.ilp64 else _from_numpy()
+        other = _from_numpy()
     except BlasNotFound:
         return None
     if other.ilp64 == LIBRARY.ilp64:
         return None
     _register(other)
     return other
+
+
+_GEMM_CFUNC = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+
+
+def _scipy_stand_ins():
+    """C-callable ``dgemm``/``sgemm`` with SciPy's 32-bit arguments that pass each call on
+    to SciPy's routine, found (``scipy.linalg`` imported) at the first call; None when
+    SciPy's BLAS module is not installed.  They take the GIL (ctypes callbacks do), so they
+    are slow -- a correct result for a stale kernel, not a fast one.  Should SciPy's BLAS
+    then fail to load, the process stops with a message: returning would leave the
+    product unwritten."""
+    from . import _scipy_blas_present
+    if not _scipy_blas_present():
+        return None
+    found = {}
+
+    def stand_in(name):
+        def call(*args):
+            fn = found.get(name)
+            if fn is None:
+                try:
+                    from ._blas_lib import _from_scipy
+                    fn = found[name] = _GEMM_CFUNC(_from_scipy().addr[name])
+                except Exception as exc:                     # noqa: BLE001 - reported, fatal
+                    sys.stderr.write(f"fastrnn: a kernel compiled for SciPy's 32-bit BLAS "
+                                     f"called {name}, and SciPy's BLAS did not load: {exc}\n")
+                    sys.stderr.flush()
+                    os.abort()
+            fn(*args)
+        return _GEMM_CFUNC(call)
+
+    return {name: stand_in(name) for name in ("dgemm", "sgemm")}
 
 
 _register(LIBRARY)
