@@ -307,12 +307,11 @@ print(int(started), int(arraymath._HAVE_BLAS), linalg.ensure_blas.__module__,
 """
 
 
-def test_numba_start_up_does_not_import_scipy(tmp_path, monkeypatch):
+def test_numba_start_up_does_not_import_scipy(monkeypatch):
     """A Numba-backend step loads no ``scipy.linalg`` (0.2-0.5 s of start-up); Numba's
     answer to "is SciPy's BLAS there" is the same as its own check's, its own check is back
     in place, and a user's ``np.dot`` in Numba still compiles (importing SciPy then)."""
     pytest.importorskip("scipy.linalg")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FASTRNN_BLAS", raising=False)
     if _blas_lib.library().name != "numpy":
         pytest.skip("with SciPy's BLAS in use, SciPy is imported by design")
