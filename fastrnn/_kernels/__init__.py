@@ -91,7 +91,6 @@ def _check_cache():
         pass  # a read-only install: Numba then falls back to its own cache locator
 
 
-
 def _scipy_blas_present():
     """Whether ``scipy.linalg.cython_blas`` can be found, without importing ``scipy.linalg``."""
     if "scipy.linalg.cython_blas" in sys.modules:

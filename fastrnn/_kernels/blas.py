@@ -84,8 +84,9 @@ _GEMM_CFUNC = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 def _scipy_stand_ins():
     """C-callable ``dgemm``/``sgemm`` with SciPy's 32-bit arguments that pass each call on
     to SciPy's routine, found (``scipy.linalg`` imported) at the first call; None when
-    SciPy's BLAS module is not installed.  They take the GIL (ctypes callbacks do), so they
-    are slow -- a correct result for a stale kernel, not a fast one.  Should SciPy's BLAS
+    SciPy's BLAS module is not installed.  They take the GIL (ctypes callbacks do; every
+    kernel is compiled ``nogil``, so a parallel kernel's worker thread can), so they are
+    slow -- a correct result for a stale kernel, not a fast one.  Should SciPy's BLAS
     then fail to load, the process stops with a message: returning would leave the
     product unwritten."""
     from . import _scipy_blas_present
