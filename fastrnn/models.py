@@ -129,9 +129,9 @@ def _step_threads(be):
       ``threadpoolctl.threadpool_limits(1)`` with ``numba.set_num_threads(n)``), Numba
       backend: Numba's ``n`` threads run the products
       in blocks, the softmax in row chunks, the LSTM recurrence in blocks of hidden
-      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 16
-      sequences a thread, the GRU and Elman recurrences in blocks of sequences -- one pool
-      of threads for the whole step.
+      units or of sequences (:func:`._kernels.lstm.parallel_lstm_by_rows`) and, from 8
+      (GRU) or 16 (Elman) sequences a thread, the GRU and Elman recurrences in blocks of
+      sequences -- one pool of threads for the whole step.
 
     Returns ``n`` in the second case, else 1.
     """

@@ -374,3 +374,13 @@ def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
 def test_set_num_threads_rejects_bad_counts(bad):
     with pytest.raises(ValueError, match="n must be"):
         fastrnn.set_num_threads(bad)
+
+
+def test_blocks_of_sequences_thresholds():
+    """Where each cell's parallel recurrence splits the batch (measured, see the functions):
+    the LSTM and the Elman layer from 16 sequences a thread, the GRU from 8."""
+    from fastrnn._kernels import elman, gru, lstm
+    for fn, per in [(lstm.parallel_lstm_by_rows, 16), (elman.parallel_rnn_by_rows, 16),
+                    (gru.parallel_gru_by_rows, 8)]:
+        for chunks in (2, 3):
+            assert fn(per * chunks, chunks) and not fn(per * chunks - 1, chunks), (fn, chunks)

@@ -96,7 +96,8 @@ def rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0):
 # ----------------------------------------------------------------------------- parallel
 # The recurrences in blocks of sequences on Numba's threads, as the GRU's
 # (:mod:`fastrnn._kernels.gru`): each thread runs the serial loops on its rows, one parallel
-# region per call; used from 16 sequences a thread after ``fastrnn.set_num_threads``.
+# region per call; used from 16 sequences a thread after ``fastrnn.set_num_threads``
+# (:func:`parallel_rnn_by_rows`; the GRU's from 8).
 
 
 @njit(**NUMBA_OPTIONS)
@@ -143,5 +144,13 @@ def parallel_rnn_layer_backward(W_hh, mask, Hs, dHs, dG, dh0, chunks):
 
 
 def parallel_rnn_by_rows(B, chunks):
-    """Whether the parallel Elman kernels are used: from 16 sequences a thread."""
+    """Whether the parallel Elman kernels are used: from 16 sequences a thread.
+
+    Measured on two threads (float32, T=20, H=200, interleaved in one process, 150 calls
+    each; minimum / median ms, serial against parallel): forward B=4 0.24/0.36 against
+    0.28/0.41, B=16 0.54/0.74 against 0.56/0.70, B=20 0.64/0.86 against 0.60/0.77, B=32
+    0.88/1.23 against 0.62/0.94, B=64 1.57/2.12 against 0.98/1.51.  Below 16 sequences a
+    thread the layer is a small part of a step and the gain is within the noise: the
+    PTB-shaped Elman step (2 x 200, V=10000, B=20, fresh processes, 5 rounds of 40 steps)
+    took 51.8 ms with the serial layer against 53.7 ms with the parallel one."""
     return B >= 16 * chunks
