@@ -158,10 +158,10 @@ def set_num_threads(n):
     parts on the one pool of Numba's threads: the whole-sequence products in blocks (each
     a single-threaded BLAS call), the softmax in chunks of rows, the LSTM recurrence in
     blocks of hidden units (or of sequences, for a large batch), the GRU and Elman
-    recurrences in blocks of sequences from 8 (GRU) and 16 (Elman) sequences a thread.  Left at their defaults
-    (BLAS on every core), BLAS threads the products and the rest of the step runs
-    serially, because OpenBLAS's workers keep spinning for a while after each product and
-    slow any other threads started then.
+    recurrences in blocks of sequences from 8 (GRU) and 16 (Elman) sequences a thread.
+    Left at their defaults (BLAS on every core), BLAS threads the products and the rest of
+    the step runs serially, because OpenBLAS's workers keep spinning for a while after
+    each product and slow any other threads started then.
     On the 2-core machine of the README, Numba's pool made the PTB-small LSTM step faster
     on two threads than BLAS's threads did (the README's speed section has the numbers).
 
