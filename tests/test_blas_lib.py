@@ -224,29 +224,37 @@ def test_switching_blas_with_a_shared_numba_cache_dir(tmp_path, monkeypatch):
     assert len(stamps) == 1, stamps        # the stamp lives where Numba puts the kernels
 
 
+def _stale_kernels_come_back(tmp_path, monkeypatch, script, first, second):
+    """Fill a cache with ``FASTRNN_BLAS=first``, let a ``second`` process clear and restamp
+    it, then copy the ``first`` kernels back (the race the stamp cannot see); returns the
+    three processes' outputs (``script`` run each time)."""
+    import shutil
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTRNN_BLAS", first)
+    outs = [run_isolated(script)]
+    (sub,) = (tmp_path / "cache").iterdir()
+    saved = tmp_path / "saved"
+    shutil.copytree(sub, saved)
+    monkeypatch.setenv("FASTRNN_BLAS", second)
+    outs.append(run_isolated(script))              # clears them and stamps for `second`
+    for f in saved.iterdir():                      # the race: the first kernels come back
+        if f.suffix in (".nbi", ".nbc"):
+            shutil.copy(f, sub / f.name)
+    outs.append(run_isolated(script))
+    return outs
+
+
 def test_kernel_cached_for_the_other_width_still_links(tmp_path, monkeypatch):
     """The stamp cannot exclude every stale kernel (two processes with different
     FASTRNN_BLAS filling one cache at once; a read-only install).  Simulated here: kernels
     compiled with NumPy's 64-bit BLAS are put back into a cache that a SciPy-BLAS process
     has stamped.  Loading them must work (they call NumPy's library), not abort."""
-    import shutil
     try:
         _blas_lib._from_numpy()
     except _blas_lib.BlasNotFound as exc:
         pytest.skip(f"only SciPy's BLAS is usable here: {exc}")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTRNN_BLAS", "numpy")
-    run_isolated(SWITCH)
-    (sub,) = (tmp_path / "cache").iterdir()
-    saved = tmp_path / "saved"
-    shutil.copytree(sub, saved)
-    monkeypatch.setenv("FASTRNN_BLAS", "scipy")
-    run_isolated(SWITCH)                           # clears them and stamps for scipy
-    for f in saved.iterdir():                      # the race: 64-bit kernels come back
-        if f.suffix in (".nbi", ".nbc"):
-            shutil.copy(f, sub / f.name)
-    assert run_isolated(SWITCH).strip() == "scipy"
-
+    outs = _stale_kernels_come_back(tmp_path, monkeypatch, SWITCH, "numpy", "scipy")
+    assert outs[2].strip() == "scipy"
 
 STALE_I32 = r"""
 import sys
@@ -268,25 +276,15 @@ def test_kernel_cached_for_scipy_blas_runs_in_a_numpy_blas_process(tmp_path, mon
     stamped for NumPy's 64-bit one.  Their symbols are bound to stand-ins that find SciPy's
     routines at the first call (SciPy is not imported before: start-up does not need it),
     so both products are right and SciPy is imported only then."""
-    import shutil
     try:
         _blas_lib._from_numpy()
         _blas_lib._from_scipy()
     except _blas_lib.BlasNotFound as exc:
         pytest.skip(f"needs both NumPy's and SciPy's BLAS: {exc}")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASTRNN_BLAS", "scipy")
-    assert run_isolated(STALE_I32).split() == ["scipy", "1", "1"]
-    (sub,) = (tmp_path / "cache").iterdir()
-    saved = tmp_path / "saved"
-    shutil.copytree(sub, saved)
-    monkeypatch.setenv("FASTRNN_BLAS", "numpy")
-    assert run_isolated(STALE_I32).split() == ["numpy", "0", "0"]   # fresh 64-bit kernels
-    for f in saved.iterdir():                      # the race: 32-bit kernels come back
-        if f.suffix in (".nbi", ".nbc"):
-            shutil.copy(f, sub / f.name)
-    assert run_isolated(STALE_I32).split() == ["numpy", "0", "1"]
-
+    outs = _stale_kernels_come_back(tmp_path, monkeypatch, STALE_I32, "scipy", "numpy")
+    assert outs[0].split() == ["scipy", "1", "1"]
+    assert outs[1].split() == ["numpy", "0", "0"]   # fresh 64-bit kernels
+    assert outs[2].split() == ["numpy", "0", "1"]
 
 NO_SCIPY_AT_START = r"""
 import sys
