@@ -644,8 +644,8 @@ def test_stack_forward_checks_the_one_hot_ids():
 
 @pytest.mark.parametrize("size, n", [(57, 5120), (1000, 700), (3, 0)])
 def test_one_hot_weight_grad_is_the_product(size, n):
-    """Both ways of summing (a group at a time for up to 256 distinct ids, ``reduceat``
-    past that) against ``gxᵀ X`` with the one-hot ``X``."""
+    """Groups of every length (one row, a few, more than ``_sum_groups``'s ``short``)
+    against ``gxᵀ X`` with the one-hot ``X``."""
     from fastrnn.models import _one_hot_weight_grad
     rng = np.random.default_rng(size)
     ids = rng.integers(0, size, n).astype(np.intp)
@@ -656,4 +656,39 @@ def test_one_hot_weight_grad_is_the_product(size, n):
     assert got.shape == (9, size) and got.flags.c_contiguous
     np.testing.assert_allclose(got, gx.T @ X, rtol=1e-12, atol=1e-12)
     if n:
-        assert (len(np.unique(ids)) > 256) == (size > 256)      # both branches are taken
+        counts = np.bincount(ids, minlength=size)
+        assert (counts > 16).any() == (size < 100) and (counts == 1).any() == (size > 100)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_groups_adds_rows_one_after_another(dtype):
+    """Every group's sum is bit for bit ``r0 + r1 + ...`` in row order, whichever way it
+    was summed: lengths 1 to 40 around the ``short`` limit, scales 1e-4 to 1e4 so the
+    order shows in the last bits."""
+    from fastrnn.models import _embedding_rows, _sum_groups
+    rng = np.random.default_rng(7)
+    lens = np.concatenate([np.arange(1, 41), rng.integers(1, 5, 200)])
+    rng.shuffle(lens)
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    rows = (rng.standard_normal((int(lens.sum()), 13))
+            * 10.0 ** rng.integers(-4, 5, (int(lens.sum()), 1))).astype(dtype)
+    want = []
+    for a, m in zip(starts, lens):
+        acc = rows[a].copy()
+        for r in rows[a + 1:a + m]:
+            acc += r
+        want.append(acc)
+    got = _sum_groups(rows, starts)
+    assert got.dtype == dtype and np.array_equal(got, np.array(want))
+    # the embedding gradient: ids in increasing order, each id's rows in order of position
+    xa = rng.integers(0, 50, (30, 7))
+    dX = rows[:210].reshape(30, 7, 13)
+    ids, sums = _embedding_rows(xa, dX)
+    assert np.array_equal(ids, np.unique(xa))
+    flat = dX.reshape(210, 13)
+    for i, v in enumerate(ids):
+        at = flat[xa.reshape(-1) == v]
+        acc = at[0].copy()
+        for r in at[1:]:
+            acc += r
+        assert np.array_equal(sums[i], acc), v
