@@ -154,12 +154,17 @@ def _nonfinite_count(a):
 def _all_finite(a):
     """True when every element of the float array ``a`` is finite, without allocating.
 
-    ``np.isfinite(a).all()`` builds a boolean array of ``a``'s size; ``min``/``max`` are
-    two reductions that allocate nothing, and NaN propagates through both.  Unlike
-    ``np.dot(a, a)`` they cannot overflow on large finite values.
+    ``np.isfinite(a).all()`` builds a boolean array of ``a``'s size.  Arrays that can take
+    the update kernel (:func:`_kernels`) are checked in one compiled pass
+    (``count_nonfinite``); others by ``min`` and ``max``, two reductions that allocate
+    nothing, NaN propagating through both.  Unlike ``np.dot(a, a)`` neither can overflow
+    on large finite values.
     """
     if a.size == 0:
         return True
+    k = _kernels(a)
+    if k is not None:               # one pass (fastrnn._kernels.update.count_nonfinite)
+        return k.count_nonfinite(a) == 0
     return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 

@@ -784,3 +784,56 @@ def test_compiled_sgd_leaves_odd_layouts_to_numpy(monkeypatch):
     want = _numpy_sgd(p, g.copy(), 0.5)
     SGD({"p": p}, lr=0.5).step({"p": g})
     np.testing.assert_array_equal(p, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_finiteness_count_equals_numpys(dtype):
+    """Every kind of value the exponent test must tell apart -- zeros of both signs,
+    subnormals, the largest finite, infinities, NaNs with other payloads and signs -- at
+    the first, a middle and the last element."""
+    k = _update_kernel_or_skip()
+    from fastrnn import optim
+    finfo = np.finfo(dtype)
+    utype = np.uint32 if dtype == np.float32 else np.uint64
+    odd_nans = np.array([np.nan, -np.nan], dtype)
+    quiet = odd_nans.view(utype)
+    exponent = np.array([np.inf], dtype).view(utype)
+    odd_nans = np.concatenate([odd_nans, (quiet | utype(1)).view(dtype),    # a payload
+                               (exponent | utype(1)).view(dtype)])          # signalling
+    finite = np.array([0.0, -0.0, finfo.tiny, finfo.tiny / 4, -finfo.smallest_subnormal,
+                       finfo.max, -finfo.max, 1.0], dtype)
+    rng = np.random.default_rng(9)
+    n = optim._KERNEL_MIN + 3
+    base = rng.standard_normal(n).astype(dtype)
+    assert k.count_nonfinite(base) == 0 and optim._all_finite(base)
+    for v in np.concatenate([finite, np.array([np.inf, -np.inf], dtype), odd_nans]):
+        for at in (0, n // 2, n - 1):
+            a = base.copy()
+            a[at] = v
+            want = int((~np.isfinite(a)).sum())
+            assert k.count_nonfinite(a) == want, (v, at)
+            assert k.count_nonfinite(a.reshape(-1, 1)) == want
+            assert optim._all_finite(a) == (want == 0)
+    many = base.copy()
+    many[::7] = np.inf
+    assert k.count_nonfinite(many) == len(range(0, n, 7))
+
+
+def test_sgd_step_takes_the_compiled_check(monkeypatch):
+    """A big gradient is checked by the kernel, and a NaN in its last element stops the
+    step before any parameter moves."""
+    k = _update_kernel_or_skip()
+    from fastrnn import optim
+    seen = []
+    monkeypatch.setattr(k, "count_nonfinite",
+                        lambda a, _f=k.count_nonfinite: seen.append(a.size) or _f(a))
+    n = optim._KERNEL_MIN
+    params = {"W": np.ones((n // 4, 4), np.float32), "b": np.ones(3, np.float32)}
+    g = {"W": np.full((n // 4, 4), 0.5, np.float32), "b": np.zeros(3, np.float32)}
+    g["W"][-1, -1] = np.nan
+    with pytest.raises(ValueError, match=r"gradient 'W' holds 1 non-finite"):
+        SGD(params, lr=1.0).step(g)
+    assert seen == [n] and (params["W"] == 1).all()
+    g["W"][-1, -1] = 0.5
+    SGD(params, lr=1.0).step(g)
+    assert (params["W"] == 0.5).all()
