@@ -11,7 +11,7 @@ with ``FASTRNN_FASTMATH=1``).
 
 Serial on purpose: the update is memory-bound, and split over two Numba threads it took
 0.65-1.1 ms on this 2-core machine, slower than on one; inside the PTB-small step too
-(the optimizer's step 3.5 against 2.9 ms, medians of six processes).
+(the optimizer's step 3.6 against 2.9 ms, medians of six processes).
 
 :func:`count_nonfinite` is :func:`fastrnn.optim._all_finite`'s check, one pass that counts
 the elements whose exponent bits are all ones (inf and NaN).  On data in cache it takes
