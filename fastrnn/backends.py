@@ -159,6 +159,11 @@ def set_num_threads(n):
     a single-threaded BLAS call), the softmax in chunks of rows, the LSTM recurrence in
     blocks of hidden units (or of sequences, for a large batch), the GRU and Elman
     recurrences in blocks of sequences from 8 (GRU) and 16 (Elman) sequences a thread.
+    When the decoder's weight gradient is at least the recurrent stack's backward pass in
+    work (a word-level vocabulary), it is computed in blocks on ``n - 1`` helper threads
+    beside that pass, which then runs serially on the calling thread
+    (:func:`fastrnn.models._overlap_decoder`; only with Numba's OpenMP workers started
+    with a short spin, see :mod:`fastrnn._kernels._threads`).
     Left at their defaults (BLAS on every core), BLAS threads the products and the rest of
     the step runs serially, because OpenBLAS's workers keep spinning for a while after
     each product and slow any other threads started then.

@@ -145,6 +145,90 @@ def _step_threads(be):
     return n if library().num_threads() == 1 else 1
 
 
+# False: never run the decoder's weight-gradient products beside the recurrent stack's
+# backward pass (:func:`_overlap_decoder`); for A/B measurements.
+_OVERLAP = True
+_helpers = None
+_helpers_lock = threading.Lock()
+
+
+def _helper_pool(n):
+    """A lazily made pool of ``n`` Python threads (grown, never shrunk) for
+    :func:`_beside`."""
+    global _helpers
+    from concurrent.futures import ThreadPoolExecutor
+    with _helpers_lock:
+        if _helpers is None or _helpers._max_workers < n:
+            old = _helpers
+            _helpers = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastrnn")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _helpers
+
+
+def _beside(main, tasks, helpers):
+    """Run ``main()`` on this thread while ``helpers`` other threads work through
+    ``tasks`` (callables, independent of ``main`` and of each other, each writing its own
+    output); when ``main`` returns, this thread takes the tasks left.  Returns ``main()``'s
+    value after every task has finished, also when ``main`` raises.
+
+    Every task runs exactly once, on whichever thread takes it first, so the results do
+    not depend on the timing.  The tasks and ``main`` must release the GIL for their work
+    (BLAS calls, ``nogil`` Numba kernels) to overlap.
+    """
+    lock = threading.Lock()
+    pending = iter(tasks)
+
+    def work():
+        while True:
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            task()
+
+    pool = _helper_pool(helpers)
+    futures = [pool.submit(work) for _ in range(helpers)]
+    try:
+        result = main()
+        work()
+    finally:
+        for f in futures:
+            if not f.cancel():
+                f.result()
+    return result
+
+
+def _overlap_decoder(layers, V, threads):
+    """Whether a step on ``threads`` of Numba's threads computes the decoder's weight and
+    bias gradients beside the recurrent stack's backward pass (:func:`_beside`) instead of
+    after it.
+
+    Both need only ``dZ`` and the top layer's output.  Beside, the stack runs serially on
+    the calling thread (its recurrence then needs no barrier per time step), and the
+    decoder's product, cut in blocks, on the helper threads and then on every thread.  On
+    two threads that is better whenever the decoder's work is at least the stack's (the
+    stack alone, parallel, gains at most 2x), estimated here in multiply-adds per token, a
+    recurrent step's counted twice (measured: about twice the time per multiply-add of a
+    whole-sequence product at PTB-small's shapes).  Only when Numba's OpenMP workers spin
+    briefly (:data:`fastrnn._kernels._threads.low_spin`): beside workers that spin for
+    milliseconds after each parallel region the helper threads lose that time.
+
+    Measured at PTB-small (2 x 200 LSTM, V=10000, B=20, T=20, float32, two threads, steps
+    interleaved in one process): 2.1 and 2.8 ms faster per step with it (two processes),
+    and 1.3-1.4 ms slower with libgomp's default spin.
+    """
+    if threads <= 1 or not _OVERLAP:
+        return False
+    from ._kernels import _threads
+    if not _threads.low_spin:
+        return False
+    H = layers[0][1].shape[1]
+    stack = sum(W_hh.shape[0] * (2 * H + 2 * W_ih.shape[1] + W_hh.shape[1])
+                for W_ih, W_hh, _, _ in layers)
+    return V * (H + 1) >= stack
+
+
 def _numba_kernels(name):
     """A Numba kernel module (``"elman"``, ``"gru"``, ``"lstm"``), for its parallel variants,
     which are not in the backend table (only a Numba-backend step has threads, see
@@ -958,10 +1042,40 @@ class _LanguageModel:
         outs = None if grads is None else [
             tuple(grads.get(f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             for k in range(self.num_layers)]
-        lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m, dTop,
-                                       threads=threads, out=outs)
         g = grads if grads is not None else {}
-        ids, rows = _embedding_rows(xa, dX0)
+        dW = g.get("decoder.weight")
+        if dW is None:
+            dW = np.empty_like(p["decoder.weight"])
+        db = np.empty_like(p["decoder.bias"]) if grads is None else g["decoder.bias"]
+        ones = np.ones((1, dZ.shape[0]), dZ.dtype)
+
+        def stack():
+            lg, dX0, _, _ = stack_backward(self._be, self.cell, self.flags, layers, caches, m,
+                                           dTop, threads=1 if overlap else threads, out=outs)
+            return lg, _embedding_rows(xa, dX0)
+
+        # the column sums of dZ as a product with a row of ones: at PTB-small's (400, 10000)
+        # float32, just written, 0.44-0.47 ms against 1.0 ms for dZ.sum(axis=0) (medians).
+        # On one thread: cut in blocks on Numba's threads it took 1.0-1.2 ms.
+        def bias_grad():
+            _mm(self._be, ones, dZ, threads=1, out=db.reshape(1, -1))
+
+        overlap = _overlap_decoder(layers, dW.shape[0], threads)
+        if overlap:
+            from ._kernels.blas import gemm
+
+            def block(r0, r1):
+                return lambda: gemm(True, False, 1.0, dZ[:, r0:r1], top, 0.0, dW[r0:r1])
+            V = dW.shape[0]
+            nb = max(1, min(V, 16 * threads))       # fixed blocks: the same sums every run
+            tasks = [bias_grad] + [block(k * V // nb, (k + 1) * V // nb) for k in range(nb)]
+            lg, (ids, rows) = _beside(stack, tasks, threads - 1)
+        else:
+            lg, (ids, rows) = stack()
+            _mm(self._be, dZ, top, trans_a=True, out=dW, threads=threads)
+            bias_grad()
+        g["decoder.weight"] = dW
+        g["decoder.bias"] = db
         if sparse_embedding:
             g["embedding.weight"] = RowSparse(ids, rows, p["embedding.weight"].shape)
         else:
@@ -985,15 +1099,6 @@ class _LanguageModel:
             if self.bias:
                 put(f"bias_ih_l{k}", db_ih)
                 put(f"bias_hh_l{k}", db_hh)
-        g["decoder.weight"] = _mm(self._be, dZ, top, trans_a=True, out=g.get("decoder.weight"),
-                                  threads=threads)
-        # the column sums of dZ as a product with a row of ones: at PTB-small's (400, 10000)
-        # float32, just written, 0.44-0.47 ms against 1.0 ms for dZ.sum(axis=0) (medians).
-        # On one thread: cut in blocks on Numba's threads it took 1.0-1.2 ms.
-        db = _mm(self._be, np.ones((1, dZ.shape[0]), dZ.dtype), dZ, threads=1,
-                 out=None if grads is None else g["decoder.bias"].reshape(1, -1))
-        if grads is None:                        # else written in place (C-contiguous)
-            g["decoder.bias"] = db.reshape(-1)
         if grads is None:                        # the documented key order
             g = {n: g[n] for n in want}
         return L, g, self._hidden_out(caches)

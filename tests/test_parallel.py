@@ -278,16 +278,23 @@ def _numba_or_skip():
         pytest.skip(str(exc))
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell, by_rows", [("rnn", False), ("rnn", True), ("gru", False),
                                            ("gru", True), ("lstm", False), ("lstm", True)])
-def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell, by_rows):
+def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, cell, by_rows,
+                                                            overlap):
     """Whole models: the same loss and gradients whichever way the step is threaded
     (products big enough to be split: T*B*V*H >= blas.PARALLEL_MIN_MACS); the LSTM's
     recurrence in blocks of units and in blocks of sequences, the GRU's and the Elman
-    layer's serial and in blocks of sequences."""
+    layer's serial and in blocks of sequences; the backward pass with the decoder's
+    gradient beside the (then serial) stack on helper threads, or after it."""
     _numba_or_skip()
-    from fastrnn._kernels import elman, gru, lstm
+    from fastrnn._kernels import _threads, elman, gru, lstm
+    monkeypatch.setattr(_threads, "low_spin", overlap)
+    besides = []
+    monkeypatch.setattr(models, "_beside", lambda main, tasks, helpers, _f=models._beside:
+                        besides.append((len(tasks), helpers)) or _f(main, tasks, helpers))
     assert not lstm.parallel_lstm_by_rows(13, 3)          # B = 13: units
     assert not gru.parallel_gru_by_rows(13, 3)            # and the serial GRU and Elman
     assert not elman.parallel_rnn_by_rows(13, 3)          # kernels
@@ -316,7 +323,14 @@ def test_model_step_on_numba_threads_equals_the_serial_step(monkeypatch, dtype, 
     monkeypatch.setattr(models, "_step_threads", lambda be: seen.append(be.name) or 3)
     L3, g3, h3 = model.loss_and_grad(x, y, mask=mask)
     assert seen == ["numba", "numba"]         # asked once forward, once backward
-    assert len(ran) == (4 if by_rows and cell != "lstm" else 0)   # two layers, both ways
+    # two layers, forward and (unless beside the decoder's products) backward
+    assert len(ran) == ((2 if overlap else 4) if by_rows and cell != "lstm" else 0)
+    assert besides == ([(1 + 16 * 3, 2)] if overlap else [])   # the bias and 48 blocks
+    if overlap:                               # whichever thread takes a block: the same sums
+        L3b, g3b, _ = model.loss_and_grad(x, y, mask=mask)
+        assert L3b == L3
+        for name in g3:
+            assert np.array_equal(g3b[name], g3[name]), name
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert abs(L1 - L3) <= tol * abs(L1)
     for name in g1:
@@ -337,18 +351,22 @@ def test_step_threads_needs_numba_threads_and_single_threaded_blas(monkeypatch):
         assert models._step_threads(backend) == want, (numba_n, blas_n, backend)
 
 
-def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_set_num_threads_gives_the_step_numba_threads(monkeypatch, overlap):
     """``fastrnn.set_num_threads(2)`` puts BLAS on one thread and a step on Numba's
-    two: the LSTM's parallel kernels and the block products run."""
+    two: the LSTM's parallel kernels and the block products run (the backward kernel
+    unless the decoder's gradient is computed beside the stack, on a helper thread)."""
     import numba
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from fastrnn._kernels import _blas_lib, lstm
+    from fastrnn._kernels import _blas_lib, _threads, lstm
+    monkeypatch.setattr(_threads, "low_spin", overlap)
     be = _numba_or_skip()
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS=1)")
     calls = []
     for mod, name in [(lstm, "parallel_lstm_layer_forward"),
-                      (lstm, "parallel_lstm_layer_backward"), (blas, "gemm_parallel")]:
+                      (lstm, "parallel_lstm_layer_backward"), (blas, "gemm_parallel"),
+                      (models, "_beside")]:
         fn = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
     model = fastrnn.LSTM(2000, 16, dtype=np.float64, backend="numba", seed=0)
@@ -364,8 +382,9 @@ def test_set_num_threads_gives_the_step_numba_threads(monkeypatch):
             assert models._step_threads(be) == 1
         finally:
             numba.set_num_threads(before)
-    assert {"parallel_lstm_layer_forward", "parallel_lstm_layer_backward",
-            "gemm_parallel"} <= set(calls)
+    want = {"parallel_lstm_layer_forward", "gemm_parallel"}
+    want |= {"_beside"} if overlap else {"parallel_lstm_layer_backward"}
+    assert set(calls) == want
     L1, g1, _ = model.loss_and_grad(x, x)
     assert abs(L1 - L2) <= 1e-12 * L1
 
