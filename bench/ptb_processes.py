@@ -50,6 +50,11 @@ def cpu_ticks():
 
 
 def child(impl, threads, steps):
+    if impl == "torch":
+        # PyTorch's OpenMP runtime is libgomp, the library Numba's threads use: imported
+        # first, it starts with its own defaults rather than with the short spin fastrnn
+        # starts Numba's threads with (fastrnn._kernels._threads) when its kernels load.
+        import torch  # noqa: F401
     sys.path.insert(0, os.path.join(HERE, os.pardir))
     sys.path.insert(0, HERE)
     import xla_threads
