@@ -153,16 +153,14 @@ _helpers_lock = threading.Lock()
 
 
 def _helper_pool(n):
-    """A lazily made pool of ``n`` Python threads (grown, never shrunk) for
-    :func:`_beside`."""
+    """A lazily made pool of at least ``n`` Python threads for :func:`_beside`.  A bigger
+    one replaces it when asked for; the old one is not shut down (a step on another
+    thread may still be submitting to it), its idle threads end when it is collected."""
     global _helpers
     from concurrent.futures import ThreadPoolExecutor
     with _helpers_lock:
         if _helpers is None or _helpers._max_workers < n:
-            old = _helpers
             _helpers = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastrnn")
-            if old is not None:
-                old.shutdown(wait=False)
         return _helpers
 
 
@@ -174,7 +172,11 @@ def _beside(main, tasks, helpers):
 
     Every task runs exactly once, on whichever thread takes it first, so the results do
     not depend on the timing.  The tasks and ``main`` must release the GIL for their work
-    (BLAS calls, ``nogil`` Numba kernels) to overlap.
+    (BLAS calls, ``nogil`` Numba kernels) to overlap.  If ``main`` raises, the tasks not
+    yet started are dropped and the running ones waited for before the error propagates;
+    a helper that has not started by the time this thread is done is not waited for (its
+    tasks were done here), nor is the pool used when it cannot take work (interpreter
+    shutdown).
     """
     lock = threading.Lock()
     pending = iter(tasks)
@@ -188,11 +190,21 @@ def _beside(main, tasks, helpers):
             task()
 
     pool = _helper_pool(helpers)
-    futures = [pool.submit(work) for _ in range(helpers)]
+    futures = []
+    for _ in range(helpers):
+        try:
+            futures.append(pool.submit(work))
+        except RuntimeError:        # "cannot schedule new futures after ... shutdown"
+            break
+    done = False
     try:
         result = main()
         work()
+        done = True
     finally:
+        if not done:
+            with lock:
+                pending = iter(())
         for f in futures:
             if not f.cancel():
                 f.result()

@@ -81,8 +81,11 @@ def test_beside_waits_for_running_tasks_when_main_raises():
         raise ValueError("main failed")
 
     with pytest.raises(ValueError, match="main failed"):
-        models._beside(main, [task, task, task], 1)
+        models._beside(main, [task] * 20, 1)
     assert len(done) == len(running) >= 1        # nothing still running after the raise
+    assert len(done) < 20                        # and the tasks not started were dropped
+    time.sleep(0.2)
+    assert len(running) < 20
 
 
 def test_beside_raises_a_tasks_error():
