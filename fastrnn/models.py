@@ -173,7 +173,8 @@ def _beside(main, tasks, helpers):
     Every task runs exactly once, on whichever thread takes it first, so the results do
     not depend on the timing.  The tasks and ``main`` must release the GIL for their work
     (BLAS calls, ``nogil`` Numba kernels) to overlap.  If ``main`` raises, the tasks not
-    yet started are dropped and the running ones waited for before the error propagates;
+    yet started are dropped and the running ones waited for before the error propagates
+    (a helper's own error is then dropped: main's is the one raised);
     a helper that has not started by the time this thread is done is not waited for (its
     tasks were done here), nor is the pool used when it cannot take work (interpreter
     shutdown).
@@ -196,18 +197,24 @@ def _beside(main, tasks, helpers):
             futures.append(pool.submit(work))
         except RuntimeError:        # "cannot schedule new futures after ... shutdown"
             break
-    done = False
+    ok = False
     try:
         result = main()
         work()
-        done = True
+        ok = True
     finally:
-        if not done:
+        if not ok:
             with lock:
                 pending = iter(())
+        error = None
         for f in futures:
             if not f.cancel():
-                f.result()
+                try:
+                    f.result()
+                except BaseException as exc:     # raised below unless main's error is
+                    error = error or exc
+        if ok and error is not None:
+            raise error
     return result
 
 

@@ -95,6 +95,23 @@ def test_beside_raises_a_tasks_error():
         models._beside(lambda: None, [bad], 1)
 
 
+def test_beside_raises_mains_error_over_a_helpers():
+    """Both fail: the caller's error is the one raised (the helper's was a consequence,
+    or at least not the caller's business to report first)."""
+    failed = threading.Event()
+
+    def bad():
+        failed.set()
+        raise RuntimeError("task failed")
+
+    def main():
+        assert failed.wait(timeout=60)
+        raise ValueError("main failed")
+
+    with pytest.raises(ValueError, match="main failed"):
+        models._beside(main, [bad], 1)
+
+
 def _lstm_layers(V, H, E, L):
     rng = np.random.default_rng(0)
     return [(rng.random((4 * H, E if k == 0 else H)), rng.random((4 * H, H)), None, None)
