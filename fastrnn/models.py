@@ -172,12 +172,12 @@ def _beside(main, tasks, helpers):
 
     Every task runs exactly once, on whichever thread takes it first, so the results do
     not depend on the timing.  The tasks and ``main`` must release the GIL for their work
-    (BLAS calls, ``nogil`` Numba kernels) to overlap.  If ``main`` raises, the tasks not
-    yet started are dropped and the running ones waited for before the error propagates
-    (a helper's own error is then dropped: main's is the one raised);
-    a helper that has not started by the time this thread is done is not waited for (its
-    tasks were done here), nor is the pool used when it cannot take work (interpreter
-    shutdown).
+    (BLAS calls, ``nogil`` Numba kernels) to overlap.
+
+    If ``main`` raises, the tasks not yet started are dropped and the running ones waited
+    for; main's error is then the one raised (a helper's is dropped).  A helper that has
+    not started by the time this thread is done is not waited for (its tasks were done
+    here), and the pool is not used when it cannot take work (interpreter shutdown).
     """
     lock = threading.Lock()
     pending = iter(tasks)

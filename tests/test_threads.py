@@ -112,7 +112,7 @@ def test_beside_raises_mains_error_over_a_helpers():
         models._beside(main, [bad], 1)
 
 
-def _lstm_layers(V, H, E, L):
+def _lstm_layers(H, E, L):
     rng = np.random.default_rng(0)
     return [(rng.random((4 * H, E if k == 0 else H)), rng.random((4 * H, H)), None, None)
             for k in range(L)]
@@ -120,12 +120,12 @@ def _lstm_layers(V, H, E, L):
 
 def test_overlap_decoder_when_the_decoder_outweighs_the_stack(monkeypatch):
     from fastrnn._kernels import _threads
-    ptb = _lstm_layers(10000, 200, 200, 2)
+    ptb = _lstm_layers(200, 200, 2)
     monkeypatch.setattr(_threads, "low_spin", True)
     assert models._overlap_decoder(ptb, 10000, 2)
     assert not models._overlap_decoder(ptb, 10000, 1)          # one thread: nothing beside
     # a character model: 65 symbols under 2 x 512 units; the stack is the step
-    assert not models._overlap_decoder(_lstm_layers(65, 512, 64, 2), 65, 2)
+    assert not models._overlap_decoder(_lstm_layers(512, 64, 2), 65, 2)
     monkeypatch.setattr(models, "_OVERLAP", False)
     assert not models._overlap_decoder(ptb, 10000, 2)
     monkeypatch.setattr(models, "_OVERLAP", True)
