@@ -22,8 +22,7 @@ def test_exp_shifted_is_accurate_and_flushes_only_below_the_cut(dtype, out_dtype
     row = (x + dtype(m)).astype(dtype)
     arg = row.astype(np.float64) - m         # exact: what the kernel exponentiates
     out = np.full(row.shape, np.nan, out_dtype)
-    pbuf, nbuf = np.empty(row.size), np.empty(row.size)
-    total = exp_shifted(row, m, out, pbuf, nbuf)
+    total = exp_shifted(row, m, out)
     want = np.exp(arg)
     keep = arg >= cut
     rel = np.abs(out[keep] - want[keep]) / want[keep]
@@ -32,3 +31,53 @@ def test_exp_shifted_is_accurate_and_flushes_only_below_the_cut(dtype, out_dtype
     assert np.all(want[~keep] <= np.exp(cut) * 1.01)      # flushed values were negligible
     assert abs(total - want.sum()) <= 1e-6 * want.sum()   # the returned sum, in float64
     assert isinstance(total, float)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_shifted_in_place_equals_into_another_row(dtype):
+    """The in-place loop and the two-array loop are separate code: same bits, same sum."""
+    rng = np.random.default_rng(3)
+    row = (rng.standard_normal(1003) * 30).astype(dtype)
+    m = float(row.max())
+    out = np.empty_like(row)
+    total = exp_shifted(row, m, out)
+    inplace = row.copy()
+    total_in = exp_shifted(inplace, m, inplace)
+    np.testing.assert_array_equal(inplace, out)
+    assert total_in == total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_orders_every_float_like_numpy(dtype):
+    """row_max compares integer keys of the bits: check the orderings where that could go
+    wrong -- signs, zeros, infinities, the extremes, one element, ragged lengths."""
+    from fastrnn._kernels.softmax import row_max
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(4)
+    rows = [np.array([x], dtype) for x in (0.0, -0.0, -1.0, info.max, -info.max, np.inf, -np.inf,
+                                           info.tiny, -info.tiny, info.smallest_subnormal)]
+    rows += [np.array([-np.inf, -info.max], dtype), np.array([-3.0, -2.0, -5.0], dtype),
+             np.array([-0.0, -info.smallest_subnormal], dtype), np.array([1.0, np.inf], dtype),
+             np.full(37, -7.5, dtype)]
+    rows += [(rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30)).astype(dtype)
+             for n in (2, 7, 8, 9, 31, 1000, 10001)]
+    rows += [-np.abs(r) for r in rows[-7:]]
+    for r in rows:
+        got = row_max(r)
+        assert isinstance(got, float)
+        assert got == float(r.max()), (r[:5], got, r.max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_with_a_nan_leads_to_a_nan_softmax(dtype):
+    """A NaN in a row makes its softmax NaN, whatever row_max then returns (a NaN or the
+    largest other element)."""
+    from fastrnn._kernels.softmax import row_max
+    for pos in (0, 5, 8):
+        for nan in (np.nan, -np.nan):
+            r = np.linspace(-3.0, 2.0, 12).astype(dtype)
+            r[pos] = nan
+            m = row_max(r)
+            assert np.isnan(m) or m == 2.0
+            out = np.empty_like(r)
+            assert np.isnan(exp_shifted(r, m, out))
