@@ -93,20 +93,27 @@ def _mm(be, A, B, trans_a=False, trans_b=False, out=None, threads=1, bias=None):
     own, and the two libraries' spinning workers fight over the cores (measured on the
     2-core machine: the PTB-shaped LSTM step took 246 ms on two threads against 132 ms on
     one), so the product goes through the kernels' ``gemm``.  Operands that are not
-    C-contiguous (rare column slices) take NumPy's path.
+    C-contiguous (rare column slices) take NumPy's path.  On the Numba backend a product
+    with a bias goes through the kernels' BLAS too, the bias written first and added by
+    the product (:func:`fastrnn._kernels.blas.gemm_bias`; the Cython backend would have to
+    import Numba for it).
     """
-    own = getattr(be, "name", None) in ("numba", "cython")
-    if own and A.flags.c_contiguous and B.flags.c_contiguous and A.dtype == B.dtype \
-            and (threads > 1 or _kernels_blas() != "numpy"):
-        from ._kernels.blas import PARALLEL_MIN_MACS, gemm, gemm_parallel
+    name = getattr(be, "name", None)
+    if name in ("numba", "cython") and A.flags.c_contiguous and B.flags.c_contiguous \
+            and A.dtype == B.dtype and (threads > 1 or _kernels_blas() != "numpy" or (
+                name == "numba" and bias is not None)):
+        from ._kernels.blas import PARALLEL_MIN_MACS, gemm, gemm_bias, gemm_parallel
         m = A.shape[1] if trans_a else A.shape[0]
         n = B.shape[0] if trans_b else B.shape[1]
         k = A.shape[0] if trans_a else A.shape[1]
         C = np.empty((m, n), A.dtype) if out is None else out
-        if threads > 1 and m * n * k >= PARALLEL_MIN_MACS and (bias is None or (
-                bias.dtype == C.dtype and bias.shape == (n,))):
+        fits = bias is not None and bias.dtype == C.dtype and bias.shape == (n,)
+        if threads > 1 and m * n * k >= PARALLEL_MIN_MACS and (bias is None or fits):
             gemm_parallel(trans_a, trans_b, A, B, C[0, :0] if bias is None else bias, C,
                           threads)
+            return C
+        if fits:
+            gemm_bias(trans_a, trans_b, A, B, bias, C)
             return C
         gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
     else:

